@@ -45,3 +45,16 @@ def content_text(content: str | list[dict]) -> str:
 
 def count_content(content: str | list[dict]) -> int:
     return count_text(content_text(content))
+
+
+# Images are not text; reserve for the largest image a provider accepts without
+# downscaling (about 1,600 tokens on Anthropic's formula, less on OpenAI's).
+IMAGE_TOKENS_ESTIMATE = 1_600
+# Role markers and separators that providers add around each message.
+MESSAGE_OVERHEAD_TOKENS = 4
+
+
+def message_tokens(content: str | list[dict]) -> int:
+    """An upper estimate of what one message costs in a prompt, stored with each message."""
+    images = 0 if isinstance(content, str) else sum(1 for b in content if b.get("type") == "image")
+    return count_content(content) + images * IMAGE_TOKENS_ESTIMATE + MESSAGE_OVERHEAD_TOKENS

@@ -1,0 +1,1 @@
+"""The conversation engine: history windows and turns."""

@@ -1,0 +1,256 @@
+"""One turn of a conversation: window, reserve, call the model, persist, settle.
+
+Invariant 1 lives here: the worst case of every model call is reserved before the call,
+and a refusal (402) happens before the upstream is ever reached. After the call the
+reservation is settled to the actual cost, or released if the call failed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from serve_app.budget import iso_from_ms, window_at
+from serve_app.canonical import ModelAnswer, ModelCall
+from serve_app.catalog import ModelSpec
+from serve_app.clock import now_ms
+from serve_app.engine.history import HistoryWindow, build_window
+from serve_app.errors import SpendCapExceeded
+from serve_app.ids import new_id
+from serve_app.money import CallCost, cost_of, worst_case_micros
+from serve_app.services import Services
+from serve_app.stores.keys import KeyRecord
+from serve_app.stores.ledger import LedgerEntry
+from serve_app.stores.messages import SeqTaken, StoredMessage
+from serve_app.stores.threads import ThreadRecord
+from serve_app.tokens import count_text, message_tokens
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class TurnInput:
+    model: str
+    max_tokens: int
+    content: list[dict[str, Any]]
+    system: str | list[dict[str, Any]] | None = None
+    temperature: float | None = None
+    tool_choice: dict[str, Any] | None = None
+    metadata: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class TurnResult:
+    user_message: StoredMessage
+    assistant_message: StoredMessage
+    answer: ModelAnswer
+    cost: CallCost
+
+    def response_body(self) -> dict[str, Any]:
+        """The Anthropic message object, plus where it landed and what it cost."""
+        message = self.assistant_message
+        return {
+            "id": message.id,
+            "type": "message",
+            "role": "assistant",
+            "model": message.model,
+            "content": message.content,
+            "stop_reason": message.stop_reason,
+            "stop_sequence": None,
+            "usage": message.usage,
+            "thread_id": message.thread_id,
+            "seq": message.seq,
+            "cost_micros": message.cost_micros,
+        }
+
+
+class TurnEngine:
+    def __init__(self, services: Services) -> None:
+        self._services = services
+        self._settings = services.settings
+
+    async def run(
+        self, key: KeyRecord, thread: ThreadRecord, turn: TurnInput, request_id: str
+    ) -> TurnResult:
+        spec = self._services.catalog.get(turn.model)
+
+        async with self._services.locks.hold(thread.id):
+            window = await self._services.windows.load(thread.id)
+            user_message = self._user_message(thread, turn, window.next_seq, request_id)
+            history = self._history(spec, turn, window.turns, user_message)
+            call = ModelCall(
+                provider=spec.provider,
+                upstream_model=spec.upstream_id,
+                messages=history.messages,
+                max_tokens=turn.max_tokens,
+                system=turn.system,
+                temperature=turn.temperature,
+                tool_choice=turn.tool_choice,
+                request_id=request_id,
+            )
+
+            call_id = f"{request_id}:0"
+            await self._reserve(key, spec, turn, history, call_id)
+            try:
+                answer = await self._services.router.complete(call)
+            except BaseException:
+                await asyncio.shield(self._services.spend.release(key.id, call_id))
+                raise
+
+            return await self._finish(key, thread, spec, user_message, answer, call_id)
+
+    def _user_message(
+        self, thread: ThreadRecord, turn: TurnInput, seq: int, request_id: str
+    ) -> StoredMessage:
+        return StoredMessage(
+            id=new_id("msg"),
+            thread_id=thread.id,
+            account_id=thread.account_id,
+            seq=seq,
+            turn=seq,
+            role="user",
+            content=turn.content,
+            tokens=message_tokens(turn.content),
+            created_at_ms=now_ms(),
+            request_id=request_id,
+            extra={"metadata": turn.metadata} if turn.metadata else {},
+        )
+
+    def _history(
+        self,
+        spec: ModelSpec,
+        turn: TurnInput,
+        stored_turns: list[list[dict[str, Any]]],
+        user_message: StoredMessage,
+    ) -> HistoryWindow:
+        budget = spec.context_window - turn.max_tokens - _system_tokens(turn.system)
+        return build_window(
+            stored_turns,
+            [user_message.window_entry()],
+            budget,
+            self._settings.history_max_turns,
+        )
+
+    async def _reserve(
+        self,
+        key: KeyRecord,
+        spec: ModelSpec,
+        turn: TurnInput,
+        history: HistoryWindow,
+        call_id: str,
+    ) -> None:
+        prompt_tokens = history.tokens + _system_tokens(turn.system)
+        # The provider's tokenizer may count more than cl100k does; reserve for that.
+        estimate = -(-prompt_tokens * spec.estimate_factor_pct // 100)
+        worst_case = worst_case_micros(
+            estimate, turn.max_tokens, spec.prices, self._settings.markup_bp
+        )
+
+        admission = await self._services.spend.reserve(
+            key.id, key.budget_period, key.max_spend_micros, worst_case, call_id, now_ms()
+        )
+        if not admission.admitted:
+            raise SpendCapExceeded(
+                f"this turn may cost up to {worst_case} micro-dollars, which does not fit in "
+                f"key {key.id}'s remaining budget; lower max_tokens or raise the cap",
+                max_spend_micros=key.max_spend_micros,
+                spent_micros=admission.spent_micros,
+                reserved_micros=admission.reserved_micros,
+                resets_at=iso_from_ms(admission.window.end_ms),
+            )
+
+    async def _finish(
+        self,
+        key: KeyRecord,
+        thread: ThreadRecord,
+        spec: ModelSpec,
+        user_message: StoredMessage,
+        answer: ModelAnswer,
+        call_id: str,
+    ) -> TurnResult:
+        """Persist and bill an answer the upstream produced: the cost is real from here on,
+        so the reservation is settled even if persisting fails."""
+        settled_at_ms = now_ms()
+        cost = cost_of(answer.usage, spec.prices, self._settings.markup_bp)
+        period_id = window_at(key.budget_period, settled_at_ms).period_id
+        assistant_message = StoredMessage(
+            id=new_id("msg"),
+            thread_id=thread.id,
+            account_id=thread.account_id,
+            seq=user_message.seq + 1,
+            turn=user_message.turn,
+            role="assistant",
+            content=answer.content,
+            tokens=message_tokens(answer.content),
+            created_at_ms=settled_at_ms,
+            request_id=user_message.request_id,
+            model=spec.name,
+            stop_reason=answer.stop_reason,
+            usage=answer.usage.as_dict(),
+            cost_micros=cost.cost_micros,
+            extra={"upstream_id": answer.upstream_id, "upstream": answer.upstream},
+        )
+        entry = LedgerEntry(
+            call_id=call_id,
+            account_id=key.account_id,
+            key_id=key.id,
+            end_user_id=thread.end_user_id,
+            thread_id=thread.id,
+            model=spec.name,
+            upstream=answer.upstream,
+            input_tokens=answer.usage.input_tokens,
+            output_tokens=answer.usage.output_tokens,
+            cache_read_input_tokens=answer.usage.cache_read_input_tokens,
+            cache_creation_input_tokens=answer.usage.cache_creation_input_tokens,
+            upstream_cost_micros=cost.upstream_cost_micros,
+            cost_micros=cost.cost_micros,
+            created_at_ms=settled_at_ms,
+        )
+
+        turn_messages = [user_message, assistant_message]
+        try:
+            # The ledger is written before the counters move: if Redis is rebuilt in
+            # between, the call is counted twice (refusing early), never zero times.
+            cache_current, _ = await asyncio.gather(
+                self._persist(thread.id, turn_messages), self._services.ledger.record(entry)
+            )
+        finally:
+            await asyncio.shield(
+                self._services.spend.settle(key.id, call_id, cost.cost_micros, period_id)
+            )
+
+        if cache_current:
+            await self._services.windows.append(
+                thread.id,
+                [message.window_entry() for message in turn_messages],
+                assistant_message.seq + 1,
+            )
+        return TurnResult(user_message, assistant_message, answer, cost)
+
+    async def _persist(self, thread_id: str, turn_messages: list[StoredMessage]) -> bool:
+        """Write the turn; False if the window cache turned out stale and was dropped."""
+        try:
+            await self._services.messages.insert(turn_messages)
+            return True
+        except SeqTaken:
+            # The cached next seq was stale (a Redis failure lost an update). MongoDB
+            # knows the real last seq: renumber this turn after it, write again, and let
+            # the next turn refill the cache from MongoDB.
+            await self._services.windows.drop(thread_id)
+            first_seq = await self._services.messages.last_seq(thread_id) + 1
+            logger.warning("thread %s: renumbering a turn from seq %d", thread_id, first_seq)
+            for offset, message in enumerate(turn_messages):
+                message.seq = first_seq + offset
+                message.turn = first_seq
+            await self._services.messages.insert(turn_messages)
+            return False
+
+
+def _system_tokens(system: str | list[dict[str, Any]] | None) -> int:
+    if system is None:
+        return 0
+    if isinstance(system, str):
+        return count_text(system)
+    return sum(count_text(block.get("text", "")) for block in system)

@@ -1,0 +1,1 @@
+"""Persistence: MongoDB (truth), Redis (counters, locks, caches), Milvus (vectors)."""
