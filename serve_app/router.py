@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator
+from contextlib import aclosing
 
 from pydantic import SecretStr
 
@@ -49,11 +50,12 @@ class ModelRouter:
     async def stream(self, call: ModelCall) -> AsyncIterator[StreamEvent]:
         """Anthropic streaming events, message_start first, message_stop (or error) last."""
         provider = self._provider(call.provider)
-        async for event in provider.stream(call):
-            yield event
+        async with aclosing(provider.stream(call)) as events:
+            async for event in events:
+                yield event
 
     def upstream_label(self, provider: str) -> str:
-        """ "sandbox" when the sandbox serves `provider`, else the provider name."""
+        """The `x-threadgate-upstream` value: "sandbox" when the sandbox serves `provider`."""
         configured = self._providers.get(provider)
         return configured.label if configured is not None else provider
 

@@ -32,7 +32,6 @@ def create_app(settings: Settings, router: RouterClient) -> FastAPI:
         title="threadgate",
         version="1",
         lifespan=lifespan,
-        max_body_size=settings.max_body_bytes,
         docs_url=None,
         redoc_url=None,
     )
@@ -40,5 +39,5 @@ def create_app(settings: Settings, router: RouterClient) -> FastAPI:
     install_error_handlers(app)
     for module in (routes_health, routes_keys, routes_threads, routes_turns, routes_usage):
         app.include_router(module.router)
-    app.add_middleware(EdgeMiddleware)
+    app.add_middleware(EdgeMiddleware, max_body_bytes=settings.max_body_bytes)
     return app

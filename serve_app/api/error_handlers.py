@@ -46,6 +46,10 @@ def describe_validation_error(errors: list[dict[str, Any]]) -> str:
             )
             continue
         message = error.get("msg", "invalid value")
+        if field == "body" and isinstance(error.get("input"), bytes | str):
+            # FastAPI parses JSON only when the client says it is JSON.
+            parts.append("body: must be a JSON object sent with Content-Type: application/json")
+            continue
         if error.get("type") == "missing":
             parts.append(f"{field}: field required")
             continue

@@ -156,6 +156,7 @@ class TurnEngine:
                 f"this turn may cost up to {worst_case} micro-dollars, which does not fit in "
                 f"key {key.id}'s remaining budget; lower max_tokens or raise the cap",
                 max_spend_micros=key.max_spend_micros,
+                requested_micros=worst_case,
                 spent_micros=admission.spent_micros,
                 reserved_micros=admission.reserved_micros,
                 resets_at=iso_from_ms(admission.window.end_ms),

@@ -7,6 +7,7 @@ streamed events are passed through unchanged.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from contextlib import aclosing
 from typing import Any
 
 import orjson
@@ -47,14 +48,19 @@ class AnthropicProvider(Provider):
         response = await self._transport.open_stream(self._endpoint, body, call.request_id)
 
         ended = False
-        async for sse in self._transport.read_events(response, self._endpoint):
-            # Read on to the end of the body after the final event: a fully read response
-            # returns its connection to the pool, an abandoned one is closed.
-            if ended:
-                continue
-            event = _parse_event(sse.data)
-            yield event
-            ended = event.get("type") in FINAL_EVENT_TYPES
+        # aclosing: if the consumer stops early, the response is closed now, not whenever
+        # the abandoned generator is collected.
+        async with aclosing(
+            self._transport.read_events(response, self._endpoint, call.request_id)
+        ) as events:
+            async for sse in events:
+                # Read on to the end of the body after the final event: a fully read
+                # response returns its connection to the pool, an abandoned one is closed.
+                if ended:
+                    continue
+                event = _parse_event(sse.data)
+                yield event
+                ended = event.get("type") in FINAL_EVENT_TYPES
 
         if not ended:
             raise UpstreamError("the anthropic stream ended before message_stop")

@@ -26,7 +26,7 @@ class Provider(ABC):
 
     @property
     def label(self) -> str:
-        """ "sandbox" when the local sandbox serves this provider, else the provider name."""
+        """The upstream that answers: "sandbox" when the local sandbox serves this provider."""
         return self._endpoint.label
 
     @abstractmethod

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator
+from contextlib import aclosing
 
 import orjson
 
@@ -69,16 +70,22 @@ class OpenAIProvider(Provider):
         )
         translator = OpenAIStreamTranslator(model=call.upstream_model, provider=self.name)
 
-        async for sse in self._transport.read_events(response, self._endpoint):
-            # Read on to the end of the body after the last event, so the connection is reused.
-            if translator.finished:
-                continue
-            if sse.data == STREAM_DONE:
-                events = translator.finish()
-            else:
-                events = translator.feed(self._parse_chunk(sse.data))
-            for event in events:
-                yield event
+        # aclosing: if the consumer stops early, the response is closed now, not whenever
+        # the abandoned generator is collected.
+        async with aclosing(
+            self._transport.read_events(response, self._endpoint, call.request_id)
+        ) as chunks:
+            async for sse in chunks:
+                # Read on to the end of the body after the last event: a fully read
+                # response returns its connection to the pool, an abandoned one is closed.
+                if translator.finished:
+                    continue
+                if sse.data == STREAM_DONE:
+                    events = translator.finish()
+                else:
+                    events = translator.feed(self._parse_chunk(sse.data))
+                for event in events:
+                    yield event
 
         for event in translator.finish():
             yield event

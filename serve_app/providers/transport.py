@@ -174,7 +174,7 @@ class Transport:
         return await self._with_retries(attempt, endpoint, request_id)
 
     async def read_events(
-        self, response: aiohttp.ClientResponse, endpoint: Endpoint
+        self, response: aiohttp.ClientResponse, endpoint: Endpoint, request_id: str
     ) -> AsyncIterator[SseEvent]:
         """The SSE events of an open stream; a broken stream raises UpstreamError."""
         finished = False
@@ -183,9 +183,11 @@ class Transport:
                 yield event
             finished = True
         except (aiohttp.ClientError, TimeoutError) as exc:
-            logger.warning("%s stream broke off: %r", endpoint.provider, exc)
+            logger.warning(
+                "request %s: %s stream broke off: %r", request_id, endpoint.provider, exc
+            )
             raise UpstreamError(
-                f"the {endpoint.provider} stream broke off: {self._describe(exc)}"
+                f"the {endpoint.provider} stream broke off: {self._describe(exc, streaming=True)}"
             ) from exc
         except UnicodeDecodeError:
             raise UpstreamError(f"the {endpoint.provider} stream is not valid UTF-8") from None
@@ -227,29 +229,34 @@ class Transport:
         except _RetryableStatus as failure:
             raise upstream_error_for_status(failure.status, failure.message) from None
         except (aiohttp.ClientError, TimeoutError) as exc:
+            attempts = retrying.statistics.get("attempt_number", 1)
             logger.warning(
                 "request %s: %s upstream unreachable after %s attempts: %r",
                 request_id,
                 endpoint.provider,
-                self._max_attempts,
+                attempts,
                 exc,
             )
             raise UpstreamError(
-                f"could not reach the {endpoint.provider} upstream: {self._describe(exc)} "
-                f"({self._max_attempts} attempts)"
+                f"could not reach the {endpoint.provider} upstream: "
+                f"{self._describe(exc, streaming=False)} ({_attempts_text(attempts)})"
             ) from exc
 
-    def _describe(self, exc: BaseException) -> str:
+    def _describe(self, exc: BaseException, *, streaming: bool) -> str:
         """Client-safe words for a transport failure: aiohttp's own text names hosts."""
         if isinstance(exc, TimeoutError):
+            if streaming:
+                return f"nothing arrived for {self._timeout_s:g} s"
             return f"no answer within {self._timeout_s:g} s"
         if isinstance(exc, aiohttp.ServerDisconnectedError):
             return "the server closed the connection"
-        if isinstance(exc, aiohttp.ClientConnectorError):
-            return "the connection failed"
         if isinstance(exc, aiohttp.ClientPayloadError):
             return "the response was cut off"
         return "the connection failed"
+
+
+def _attempts_text(attempts: int) -> str:
+    return "1 attempt" if attempts == 1 else f"{attempts} attempts"
 
 
 async def _raise_for_status(response: aiohttp.ClientResponse, endpoint: Endpoint) -> None:

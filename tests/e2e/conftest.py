@@ -44,13 +44,18 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     env = {
         name: value
         for name, value in os.environ.items()
-        if name not in ("MONGODB_URI", "REDIS_URL", "MILVUS_URI")
-        and not name.endswith("_API_KEY")
+        if name not in ("MONGODB_URI", "REDIS_URL", "MILVUS_URI") and not name.endswith("_API_KEY")
     }
     with log_path.open("wb") as log:
         process = subprocess.Popen(
-            [str(Path(sys.executable).parent / "threadgate"), "up", "--port", str(port),
-             "--data-dir", str(data_dir)],
+            [
+                str(Path(sys.executable).parent / "threadgate"),
+                "up",
+                "--port",
+                str(port),
+                "--data-dir",
+                str(data_dir),
+            ],
             stdout=log,
             stderr=subprocess.STDOUT,
             env=env,

@@ -63,7 +63,10 @@ async def test_history_is_kept_and_listed_in_order(http, master_key):
 
     messages = listed.json()["data"]
     assert [(m["seq"], m["role"]) for m in messages] == [
-        (1, "user"), (2, "assistant"), (3, "user"), (4, "assistant")
+        (1, "user"),
+        (2, "assistant"),
+        (3, "user"),
+        (4, "assistant"),
     ]
     assert messages[0]["content"] == [{"type": "text", "text": "first question"}]
     assert messages[3]["content"][0]["text"].endswith("(3 messages in context)")
