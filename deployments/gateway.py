@@ -10,7 +10,7 @@ from ray.serve.handle import DeploymentHandle
 
 from serve_app.api.app import create_app
 from serve_app.canonical import ModelAnswer, ModelCall, StreamEvent
-from serve_app.logs import configure_logging
+from serve_app.logs import configure_replica_logging
 from serve_app.settings import Settings
 
 
@@ -41,7 +41,7 @@ class ServeRouterClient:
 class GatewayDeployment:
     def __init__(self, model_router: DeploymentHandle) -> None:
         self._settings = Settings()
-        configure_logging(self._settings.log_level)
+        configure_replica_logging(self._settings.log_level)
         self._model_router = model_router
 
     async def __serve_build_asgi_app__(self) -> FastAPI:

@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 from ray import serve
 
 from serve_app.canonical import ModelAnswer, ModelCall, StreamEvent
-from serve_app.logs import configure_logging
+from serve_app.logs import configure_replica_logging
 from serve_app.router import ModelRouter
 from serve_app.settings import Settings
 
@@ -18,7 +18,7 @@ PROVIDERS = ("anthropic", "openai", "openai_compatible")
 class ModelRouterDeployment:
     def __init__(self) -> None:
         settings = Settings()
-        configure_logging(settings.log_level)
+        configure_replica_logging(settings.log_level)
         self._router = ModelRouter(settings)
 
     async def complete(self, call: ModelCall) -> ModelAnswer:

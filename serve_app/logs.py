@@ -15,6 +15,25 @@ def configure_logging(level: str) -> None:
         handler._threadgate = True  # type: ignore[attr-defined]
         root.addHandler(handler)
     root.setLevel(level.upper())
+    _quiet_libraries()
+
+
+def configure_replica_logging(level: str) -> None:
+    """Inside a Ray Serve replica: our records go through Serve's own replica log handler
+    (a buffered file under Ray's session log dir, tagged with the replica and request).
+
+    Serve already redirects a replica's stderr into that logger, so a stream handler of
+    our own would format and handle every line twice; measured, the access log alone
+    cost ~0.8 ms of CPU per request that way.
+    """
+    serve_logger = logging.getLogger("ray.serve")
+    root = logging.getLogger()
+    root.handlers = list(serve_logger.handlers)
+    root.setLevel(level.upper())
+    _quiet_libraries()
+
+
+def _quiet_libraries() -> None:
     # Library chatter below warnings drowns the access log.
     for noisy in ("pymongo", "aiohttp.access", "urllib3", "asyncio", "httpx", "httpcore"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

@@ -17,13 +17,13 @@ from serve_app.stores.idempotency import IdempotencyStore
 from serve_app.stores.invalidation import InvalidationBus
 from serve_app.stores.keys import KeyStore
 from serve_app.stores.ledger import Ledger
-from serve_app.stores.locks import TurnLocks
 from serve_app.stores.messages import MessageStore
 from serve_app.stores.mongo import MongoStore
 from serve_app.stores.redis_client import connect_redis, redis_errors
 from serve_app.stores.spend import SpendCounters
 from serve_app.stores.threads import ThreadStore
-from serve_app.stores.window import WindowCache
+from serve_app.stores.turn_state import TurnState
+from serve_app.stores.turn_writes import TurnWriter
 
 logger = logging.getLogger(__name__)
 
@@ -53,8 +53,8 @@ class Services:
     messages: MessageStore
     ledger: Ledger
     spend: SpendCounters
-    locks: TurnLocks
-    windows: WindowCache
+    turn_state: TurnState
+    turn_writer: TurnWriter
     idempotency: IdempotencyStore
     router: RouterClient
 
@@ -78,8 +78,14 @@ class Services:
             messages=messages,
             ledger=ledger,
             spend=SpendCounters(redis, ledger, settings.reservation_ttl_s),
-            locks=TurnLocks(redis, settings.turn_lock_ttl_s, settings.turn_lock_wait_s),
-            windows=WindowCache(redis, messages, settings.history_max_turns),
+            turn_state=TurnState(
+                redis,
+                messages,
+                settings.history_max_turns,
+                settings.turn_lock_ttl_s,
+                settings.turn_lock_wait_s,
+            ),
+            turn_writer=TurnWriter(mongo, messages, ledger),
             idempotency=IdempotencyStore(redis, mongo.idempotency, settings.idempotency_ttl_s),
             router=router,
         )

@@ -58,9 +58,9 @@ async def delete_thread(thread_id: str, key: AnyKey, request: Request) -> Respon
 
     async def delete() -> None:
         # Under the turn lock, so a turn in flight finishes before its thread goes.
-        async with services.locks.hold(thread.id):
+        async with services.turn_state.turn(thread.id) as held:
             await services.messages.delete_thread(thread.id)
-            await services.windows.drop(thread.id)
+            await services.turn_state.forget(held)
             await services.threads.delete(thread)
 
     await asyncio.shield(delete())

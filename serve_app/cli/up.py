@@ -14,7 +14,7 @@ from typing import Any
 
 import yaml
 
-from serve_app.cli.processes import StartupFailed
+from serve_app.cli.processes import StartupFailed, free_port
 from serve_app.cli.stack import LocalStack, http_ready
 from serve_app.settings import PROJECT_ROOT
 
@@ -68,7 +68,7 @@ def _stop_serve() -> None:
 
 
 def _haproxy_environment(data_dir: Path) -> dict[str, str]:
-    """HAProxy's files apart per data dir, so two stacks on one machine don't collide.
+    """HAProxy's files and ports apart per stack, so two stacks on one machine don't collide.
 
     They live in a short /tmp path named after the data dir, not in it: HAProxy refuses
     socket paths over 97 characters, and Ray adds a 40-character directory of its own.
@@ -77,6 +77,13 @@ def _haproxy_environment(data_dir: Path) -> dict[str, str]:
     base = Path(tempfile.gettempdir()) / f"tg-haproxy-{digest}"
     base.mkdir(parents=True, exist_ok=True)
     return {
+        # Its stats and metrics listeners default to fixed ports on 0.0.0.0.
+        "RAY_SERVE_HAPROXY_STATS_PORT": os.environ.get(
+            "RAY_SERVE_HAPROXY_STATS_PORT", str(free_port())
+        ),
+        "RAY_SERVE_HAPROXY_METRICS_PORT": os.environ.get(
+            "RAY_SERVE_HAPROXY_METRICS_PORT", str(free_port())
+        ),
         "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC": str(base / "haproxy.cfg"),
         "RAY_SERVE_HAPROXY_SOCKET_PATH": str(base / "admin.sock"),
         "RAY_SERVE_HAPROXY_SERVER_STATE_BASE": str(base),

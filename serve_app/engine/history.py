@@ -13,7 +13,7 @@ from typing import Any
 
 from serve_app.canonical import Message
 from serve_app.errors import InvalidRequest
-from serve_app.stores.window import WindowEntry
+from serve_app.stores.turn_state import WindowEntry
 
 
 @dataclass(frozen=True, slots=True)

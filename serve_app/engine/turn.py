@@ -25,6 +25,7 @@ from serve_app.stores.keys import KeyRecord
 from serve_app.stores.ledger import LedgerEntry
 from serve_app.stores.messages import SeqTaken, StoredMessage
 from serve_app.stores.threads import ThreadRecord
+from serve_app.stores.turn_state import HeldTurn
 from serve_app.tokens import count_text, message_tokens
 
 logger = logging.getLogger(__name__)
@@ -76,10 +77,9 @@ class TurnEngine:
     ) -> TurnResult:
         spec = self._services.catalog.get(turn.model)
 
-        async with self._services.locks.hold(thread.id):
-            window = await self._services.windows.load(thread.id)
-            user_message = self._user_message(thread, turn, window.next_seq, request_id)
-            history = self._history(spec, turn, window.turns, user_message)
+        async with self._services.turn_state.turn(thread.id) as held:
+            user_message = self._user_message(thread, turn, held.window.next_seq, request_id)
+            history = self._history(spec, turn, held.window.turns, user_message)
             call = ModelCall(
                 provider=spec.provider,
                 upstream_model=spec.upstream_id,
@@ -99,7 +99,7 @@ class TurnEngine:
                 await asyncio.shield(self._services.spend.release(key.id, call_id))
                 raise
 
-            return await self._finish(key, thread, spec, user_message, answer, call_id)
+            return await self._finish(key, thread, spec, held, user_message, answer, call_id)
 
     def _user_message(
         self, thread: ThreadRecord, turn: TurnInput, seq: int, request_id: str
@@ -167,6 +167,7 @@ class TurnEngine:
         key: KeyRecord,
         thread: ThreadRecord,
         spec: ModelSpec,
+        held: HeldTurn,
         user_message: StoredMessage,
         answer: ModelAnswer,
         call_id: str,
@@ -211,41 +212,41 @@ class TurnEngine:
         )
 
         turn_messages = [user_message, assistant_message]
+        settle = self._services.spend.settle(key.id, call_id, cost.cost_micros, period_id)
         try:
             # The ledger is written before the counters move: if Redis is rebuilt in
             # between, the call is counted twice (refusing early), never zero times.
-            cache_current, _ = await asyncio.gather(
-                self._persist(thread.id, turn_messages), self._services.ledger.record(entry)
-            )
-        finally:
-            await asyncio.shield(
-                self._services.spend.settle(key.id, call_id, cost.cost_micros, period_id)
-            )
+            cache_current = await self._persist(held, turn_messages, entry)
+        except BaseException:
+            await asyncio.shield(settle)
+            raise
 
+        commit = None
         if cache_current:
-            await self._services.windows.append(
-                thread.id,
-                [message.window_entry() for message in turn_messages],
-                assistant_message.seq + 1,
-            )
+            entries = [message.window_entry() for message in turn_messages]
+            commit = self._services.turn_state.commit(held, entries, assistant_message.seq + 1)
+        await asyncio.shield(asyncio.gather(settle, *([commit] if commit else [])))
         return TurnResult(user_message, assistant_message, answer, cost)
 
-    async def _persist(self, thread_id: str, turn_messages: list[StoredMessage]) -> bool:
+    async def _persist(
+        self, held: HeldTurn, turn_messages: list[StoredMessage], entry: LedgerEntry
+    ) -> bool:
         """Write the turn; False if the window cache turned out stale and was dropped."""
         try:
-            await self._services.messages.insert(turn_messages)
+            await self._services.turn_writer.write(turn_messages, [entry])
             return True
         except SeqTaken:
             # The cached next seq was stale (a Redis failure lost an update). MongoDB
             # knows the real last seq: renumber this turn after it, write again, and let
             # the next turn refill the cache from MongoDB.
-            await self._services.windows.drop(thread_id)
+            thread_id = held.thread_id
+            await self._services.turn_state.forget(held)
             first_seq = await self._services.messages.last_seq(thread_id) + 1
             logger.warning("thread %s: renumbering a turn from seq %d", thread_id, first_seq)
             for offset, message in enumerate(turn_messages):
                 message.seq = first_seq + offset
                 message.turn = first_seq
-            await self._services.messages.insert(turn_messages)
+            await self._services.turn_writer.write(turn_messages, [entry])
             return False
 
 

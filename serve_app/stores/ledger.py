@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from contextlib import suppress
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.errors import DuplicateKeyError
@@ -29,7 +29,7 @@ class LedgerEntry:
     created_at_ms: int
 
     def document(self) -> dict:
-        doc = asdict(self)
+        doc = {name: getattr(self, name) for name in self.__dataclass_fields__}
         doc["_id"] = doc.pop("call_id")
         return doc
 

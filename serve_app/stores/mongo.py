@@ -45,10 +45,10 @@ class MongoStore:
     """One async client per process; collections by name."""
 
     def __init__(self, uri: str, db_name: str) -> None:
-        self._client: AsyncMongoClient = AsyncMongoClient(
+        self.client: AsyncMongoClient = AsyncMongoClient(
             uri, serverSelectionTimeoutMS=5_000, connectTimeoutMS=5_000, tz_aware=True
         )
-        self.db: AsyncDatabase = self._client[db_name]
+        self.db: AsyncDatabase = self.client[db_name]
         self.accounts = self.db["accounts"]
         self.keys = self.db["keys"]
         self.threads = self.db["threads"]
@@ -61,12 +61,17 @@ class MongoStore:
             for name, indexes in INDEXES.items():
                 await self.db[name].create_indexes(indexes)
 
+    async def max_wire_version(self) -> int:
+        async with mongo_errors("hello"):
+            hello = await self.client.admin.command("hello")
+        return int(hello.get("maxWireVersion", 0))
+
     async def ping(self) -> None:
         async with mongo_errors("ping"):
-            await self._client.admin.command("ping")
+            await self.client.admin.command("ping")
 
     async def aclose(self) -> None:
-        await self._client.close()
+        await self.client.close()
 
 
 @asynccontextmanager
