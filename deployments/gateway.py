@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
 
 from fastapi import FastAPI
 from ray import serve
+from ray.serve import context as serve_context
 from ray.serve.handle import DeploymentHandle
 
 from serve_app.api.app import create_app
@@ -23,17 +25,50 @@ class ServeRouterClient:
         self._labels = labels
 
     async def complete(self, call: ModelCall) -> ModelAnswer:
-        return await self._handle.complete.remote(call)
+        with _detached_from_request():
+            answer = self._handle.complete.remote(call)
+        return await answer
 
     async def stream(self, call: ModelCall) -> AsyncIterator[StreamEvent]:
-        async for event in self._stream_handle.stream.remote(call):
-            yield event
+        with _detached_from_request():
+            events = self._stream_handle.stream.remote(call)
+        exhausted = False
+        try:
+            async for event in events:
+                yield event
+            exhausted = True
+        finally:
+            if not exhausted:
+                # The reader stopped early (the client left and the turn is cancelled):
+                # stop the router too, which closes the upstream connection.
+                events.cancel()
 
     def upstream_label(self, provider: str) -> str:
         return self._labels.get(provider, provider)
 
     async def ping(self) -> None:
         await self._handle.ping.remote()
+
+
+@contextmanager
+def _detached_from_request() -> Iterator[None]:
+    """Make the next handle call outlive the HTTP request that started it.
+
+    Ray Serve cancels the calls an ingress request made when its client disconnects
+    (they inherit the request's internal id and `cancel_on_parent_request_cancel`). A
+    model call must not be cut off that way: the turn goes on without the client, stored
+    and billed (invariant 4), and with `stream_disconnect="cancel"` the gateway stops the
+    call itself. The call keeps the request id, so logs still tie it to the request.
+    """
+    current = serve_context._get_serve_request_context()
+    detached = serve_context._RequestContext(
+        route=current.route, request_id=current.request_id, app_name=current.app_name
+    )
+    token = serve_context._serve_request_context.set(detached)
+    try:
+        yield
+    finally:
+        serve_context._serve_request_context.reset(token)
 
 
 @serve.deployment(name="Gateway")

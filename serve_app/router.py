@@ -59,6 +59,9 @@ class ModelRouter:
         configured = self._providers.get(provider)
         return configured.label if configured is not None else provider
 
+    async def ping(self) -> None:
+        """In process there is no hop to check: the router answers if the caller runs."""
+
     async def aclose(self) -> None:
         await self._transport.aclose()
 

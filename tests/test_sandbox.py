@@ -117,7 +117,7 @@ def test_script_reads_directives_and_calls_and_keeps_the_rest():
     script = read_script(
         'sandbox:delay_ms=15 Look up call:get_weather({"city": "Paris (FR)"}) now '
         "sandbox:fail=429x2 sandbox:tokens=80 sandbox:stream_delay_ms=3 sandbox:split_utf8 "
-        "call:broken({not json}) done."
+        "sandbox:stream_cut=4 call:broken({not json}) done."
     )
 
     assert script.directives.delay_ms == 15
@@ -126,6 +126,7 @@ def test_script_reads_directives_and_calls_and_keeps_the_rest():
     assert script.directives.tokens == 80
     assert script.directives.stream_delay_ms == 3
     assert script.directives.split_utf8 is True
+    assert script.directives.stream_cut == 4
     assert [(call.name, call.input) for call in script.calls] == [
         ("get_weather", {"city": "Paris (FR)"})
     ]
@@ -759,6 +760,27 @@ async def test_split_utf8_cuts_characters_across_writes_and_they_reassemble(http
     assert (
         message["content"][0]["text"] == 'Sandbox reply to "天気 🌧️ 東京 🍣" (1 messages in context)'
     )
+
+
+async def test_stream_cut_drops_the_connection_after_that_many_events(http, sandbox):
+    body = {
+        "model": "m",
+        "max_tokens": 50,
+        "stream": True,
+        "messages": [{"role": "user", "content": "break sandbox:tokens=30 sandbox:stream_cut=3"}],
+    }
+    received = b""
+
+    with pytest.raises(aiohttp.ClientPayloadError):
+        async with http.post(f"{sandbox.url}/v1/messages", json=body) as response:
+            async for chunk in response.content.iter_any():
+                received += chunk
+
+    assert [name for name, _ in anthropic_events(received)] == [
+        "message_start",
+        "content_block_start",
+        "ping",
+    ]
 
 
 def decodes_alone(chunk: bytes) -> bool:

@@ -7,22 +7,26 @@ import logging
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Request
-from starlette.responses import Response
+from starlette.responses import Response, StreamingResponse
 
 from serve_app.api.auth import current_key, services_of
-from serve_app.api.idempotent import idempotent
+from serve_app.api.idempotent import IdempotencyClaim, idempotent, replayed_headers
 from serve_app.api.schemas import TurnCreate
 from serve_app.api.views import json_response
 from serve_app.catalog import ModelSpec
-from serve_app.engine.turn import TurnEngine, TurnInput
+from serve_app.engine.events import message_events
+from serve_app.engine.stream import TurnStream
+from serve_app.engine.turn import TurnEngine, TurnInput, TurnResult
 from serve_app.errors import InvalidRequest
 from serve_app.stores.keys import KeyRecord
+from serve_app.stores.threads import ThreadRecord
 
 logger = logging.getLogger(__name__)
 
 router = APIRouter(prefix="/v1/threads")
 AnyKey = Annotated[KeyRecord, Depends(current_key)]
 UPSTREAM_HEADER = "x-threadgate-upstream"
+EVENT_STREAM = "text/event-stream"
 _MAX_TEMPERATURE = {"anthropic": 1.0}
 
 
@@ -44,8 +48,6 @@ def _check_against_model(body: TurnCreate, spec: ModelSpec) -> None:
         )
     if body.tool_choice is not None:
         raise InvalidRequest("tool_choice: only meaningful with tools, which this turn has none of")
-    if body.stream:
-        raise InvalidRequest("stream: streamed turns are not available yet; send stream: false")
 
 
 @router.post("/{thread_id}/messages")
@@ -67,6 +69,9 @@ async def create_turn(thread_id: str, body: TurnCreate, key: AnyKey, request: Re
         metadata=body.metadata,
     )
 
+    if body.stream:
+        return await _streamed_turn(request, key, thread, turn, spec)
+
     async def run() -> Response:
         engine = TurnEngine(services)
         # Once the upstream is called the turn must finish (persisted and billed) even if
@@ -79,6 +84,42 @@ async def create_turn(thread_id: str, body: TurnCreate, key: AnyKey, request: Re
         )
 
     return await idempotent(request, key, run)
+
+
+async def _streamed_turn(
+    request: Request, key: KeyRecord, thread: ThreadRecord, turn: TurnInput, spec: ModelSpec
+) -> Response:
+    services = services_of(request)
+    headers = {
+        UPSTREAM_HEADER: services.router.upstream_label(spec.provider),
+        "cache-control": "no-cache",
+        # Proxies that buffer responses (nginx) pass this one through at once.
+        "x-accel-buffering": "no",
+    }
+
+    claim = await IdempotencyClaim.take(request, key)
+    if claim is not None and claim.stored is not None:
+        replay = message_events(claim.stored.body)
+        return StreamingResponse(
+            replay, media_type=EVENT_STREAM, headers={**headers, **replayed_headers(claim.stored)}
+        )
+
+    async def remember(result: TurnResult | None) -> None:
+        if claim is None:
+            return
+        if result is None:
+            await claim.release()
+        else:
+            await claim.complete(200, result.response_body(), headers)
+
+    stream = TurnStream(services, key, thread, turn, request.state.request_id, on_finished=remember)
+    try:
+        await stream.start()
+    except BaseException:
+        if claim is not None:
+            await claim.release()
+        raise
+    return StreamingResponse(stream.body(), media_type=EVENT_STREAM, headers=headers)
 
 
 def _log_orphan_failure(task: asyncio.Task) -> None:

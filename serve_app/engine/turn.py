@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,6 +42,19 @@ class TurnInput:
     temperature: float | None = None
     tool_choice: dict[str, Any] | None = None
     metadata: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PreparedTurn:
+    """A turn that holds its thread and a reservation, ready for the model call."""
+
+    spec: ModelSpec
+    held: HeldTurn
+    user_message: StoredMessage
+    call: ModelCall
+    call_id: str  # the reservation's and the ledger entry's id
+    prompt_tokens: int  # cl100k count of the window and system prompt
+    assistant_message_id: str  # known before the answer, so a stream can announce it
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +90,23 @@ class TurnEngine:
     async def run(
         self, key: KeyRecord, thread: ThreadRecord, turn: TurnInput, request_id: str
     ) -> TurnResult:
+        async with self.prepare(key, thread, turn, request_id) as prepared:
+            try:
+                answer = await self._services.router.complete(prepared.call)
+            except BaseException:
+                await self.release(key, prepared)
+                raise
+            return await self.finish(key, thread, prepared, answer)
+
+    @asynccontextmanager
+    async def prepare(
+        self, key: KeyRecord, thread: ThreadRecord, turn: TurnInput, request_id: str
+    ) -> AsyncIterator[PreparedTurn]:
+        """Hold the thread's turn, build the model call and reserve its worst case.
+
+        Raises `SpendCapExceeded` before anything reaches the upstream. The caller settles
+        the reservation with `finish` or gives it back with `release` before leaving.
+        """
         spec = self._services.catalog.get(turn.model)
 
         async with self._services.turn_state.turn(thread.id) as held:
@@ -90,16 +122,22 @@ class TurnEngine:
                 tool_choice=turn.tool_choice,
                 request_id=request_id,
             )
+            prepared = PreparedTurn(
+                spec=spec,
+                held=held,
+                user_message=user_message,
+                call=call,
+                call_id=f"{request_id}:0",
+                prompt_tokens=history.tokens + _system_tokens(turn.system),
+                assistant_message_id=new_id("msg"),
+            )
 
-            call_id = f"{request_id}:0"
-            await self._reserve(key, spec, turn, history, call_id)
-            try:
-                answer = await self._services.router.complete(call)
-            except BaseException:
-                await asyncio.shield(self._services.spend.release(key.id, call_id))
-                raise
+            await self._reserve(key, spec, turn, prepared)
+            yield prepared
 
-            return await self._finish(key, thread, spec, held, user_message, answer, call_id)
+    async def release(self, key: KeyRecord, prepared: PreparedTurn) -> None:
+        """Give back the reservation of a call that produced nothing to bill."""
+        await asyncio.shield(self._services.spend.release(key.id, prepared.call_id))
 
     def _user_message(
         self, thread: ThreadRecord, turn: TurnInput, seq: int, request_id: str
@@ -134,22 +172,21 @@ class TurnEngine:
         )
 
     async def _reserve(
-        self,
-        key: KeyRecord,
-        spec: ModelSpec,
-        turn: TurnInput,
-        history: HistoryWindow,
-        call_id: str,
+        self, key: KeyRecord, spec: ModelSpec, turn: TurnInput, prepared: PreparedTurn
     ) -> None:
-        prompt_tokens = history.tokens + _system_tokens(turn.system)
         # The provider's tokenizer may count more than cl100k does; reserve for that.
-        estimate = -(-prompt_tokens * spec.estimate_factor_pct // 100)
+        estimate = -(-prepared.prompt_tokens * spec.estimate_factor_pct // 100)
         worst_case = worst_case_micros(
             estimate, turn.max_tokens, spec.prices, self._settings.markup_bp
         )
 
         admission = await self._services.spend.reserve(
-            key.id, key.budget_period, key.max_spend_micros, worst_case, call_id, now_ms()
+            key.id,
+            key.budget_period,
+            key.max_spend_micros,
+            worst_case,
+            prepared.call_id,
+            now_ms(),
         )
         if not admission.admitted:
             raise SpendCapExceeded(
@@ -162,23 +199,30 @@ class TurnEngine:
                 resets_at=iso_from_ms(admission.window.end_ms),
             )
 
-    async def _finish(
+    async def finish(
         self,
         key: KeyRecord,
         thread: ThreadRecord,
-        spec: ModelSpec,
-        held: HeldTurn,
-        user_message: StoredMessage,
+        prepared: PreparedTurn,
         answer: ModelAnswer,
-        call_id: str,
+        status: str = "complete",
     ) -> TurnResult:
         """Persist and bill an answer the upstream produced: the cost is real from here on,
-        so the reservation is settled even if persisting fails."""
+        so the reservation is settled even if persisting fails.
+
+        `status` is "interrupted" for an answer cut short (a stream that ended early).
+        """
+        spec, held, user_message, call_id = (
+            prepared.spec,
+            prepared.held,
+            prepared.user_message,
+            prepared.call_id,
+        )
         settled_at_ms = now_ms()
         cost = cost_of(answer.usage, spec.prices, self._settings.markup_bp)
         period_id = window_at(key.budget_period, settled_at_ms).period_id
         assistant_message = StoredMessage(
-            id=new_id("msg"),
+            id=prepared.assistant_message_id,
             thread_id=thread.id,
             account_id=thread.account_id,
             seq=user_message.seq + 1,
@@ -189,6 +233,7 @@ class TurnEngine:
             created_at_ms=settled_at_ms,
             request_id=user_message.request_id,
             model=spec.name,
+            status=status,
             stop_reason=answer.stop_reason,
             usage=answer.usage.as_dict(),
             cost_micros=cost.cost_micros,

@@ -34,6 +34,7 @@ class Directives:
     fail_attempts: int | None = None  # fail only this many attempts of one body; None: always
     stream_delay_ms: int = 0  # between two events of a stream
     split_utf8: bool = False  # write a stream in pieces of 1 to 3 bytes
+    stream_cut: int | None = None  # drop the connection after this many events of a stream
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,7 +118,7 @@ def _read_directives(text: str) -> Directives:
             values["split_utf8"] = True
         elif number is None:
             continue  # every other directive needs a value; a bare one is ignored
-        elif name in ("delay_ms", "stream_delay_ms", "tokens"):
+        elif name in ("delay_ms", "stream_delay_ms", "tokens", "stream_cut"):
             values[name] = int(number)
         elif name == "fail" and _FAIL_STATUS_MIN <= int(number) <= _FAIL_STATUS_MAX:
             values["fail_status"] = int(number)

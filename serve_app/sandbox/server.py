@@ -120,6 +120,12 @@ async def _stream(
 
     try:
         for index, event in enumerate(events):
+            if index == directives.stream_cut:
+                # A provider that fails mid-answer: the connection drops without the end
+                # of the chunked body, and the client sees a response cut off.
+                if request.transport is not None:
+                    request.transport.abort()
+                return response
             if index and pause_s:
                 await asyncio.sleep(pause_s)
 
