@@ -1,11 +1,14 @@
-"""Benchmark non-streamed turns: the gateway next to the sandbox upstream called directly.
+"""Benchmark turns: the gateway next to the sandbox upstream called directly.
 
     python scripts/bench_turns.py                 # starts its own `threadgate up`
     python scripts/bench_turns.py --data-dir .data  # uses the stack `make run` started
+    python scripts/bench_turns.py --only streams  # one of the two parts
 
-Prints p50/p99 latency at concurrency 1 and turns per second at concurrency 1, 8 and 32,
-for both paths, and the gateway's overhead. Figures on shared machines are noisy: compare
-medians and ratios from the same run, not absolute numbers across runs.
+Non-streamed turns: p50/p99 latency and turns per second at concurrency 1, 8 and 32, for
+both paths, and the gateway's overhead. Streamed turns: time to the first text delta and
+to the end of the stream, and streams per second, at concurrency 1 and 32, for both paths,
+and the first-token overhead. Figures on shared machines are noisy: compare medians and
+ratios from the same run, not absolute numbers across runs.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from contextlib import ExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import aiohttp
@@ -32,6 +35,9 @@ from serve_app.cli.stack import read_stack_file
 
 MODEL = "claude-haiku-4-5"
 TURNS_PER_THREAD = 20  # a worker starts a new conversation after this many turns
+QUESTION = "How is the weather today?"
+# A streamed answer of 60 tokens: about 20 text deltas from the sandbox.
+STREAMED_QUESTION = "How is the weather today? sandbox:tokens=60"
 console = Console()
 
 
@@ -39,6 +45,7 @@ console = Console()
 class RunResult:
     latencies_ms: list[float]
     elapsed_s: float
+    first_token_ms: list[float] = field(default_factory=list)
 
     @property
     def per_second(self) -> float:
@@ -49,13 +56,15 @@ class RunResult:
         return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
 
 
-Call = Callable[[aiohttp.ClientSession, int], Awaitable[None]]
+# One request; a streamed one returns when its first text delta arrived (ms from the start).
+Call = Callable[[aiohttp.ClientSession, int], Awaitable[float | None]]
 
 
 async def run_load(
     session: aiohttp.ClientSession, call: Call, concurrency: int, total: int, label: str
 ) -> RunResult:
     latencies: list[float] = []
+    first_tokens: list[float] = []
     remaining = iter(range(total))
 
     with Progress(
@@ -71,14 +80,29 @@ async def run_load(
         async def worker(worker_id: int) -> None:
             for _ in remaining:
                 started = time.perf_counter()
-                await call(session, worker_id)
+                first_token_ms = await call(session, worker_id)
                 latencies.append((time.perf_counter() - started) * 1000)
+                if first_token_ms is not None:
+                    first_tokens.append(first_token_ms)
                 progress.advance(task)
 
         started = time.perf_counter()
         await asyncio.gather(*[worker(i) for i in range(concurrency)])
         elapsed = time.perf_counter() - started
-    return RunResult(latencies, elapsed)
+    return RunResult(latencies, elapsed, first_tokens)
+
+
+async def read_stream(response: aiohttp.ClientResponse, started: float) -> float:
+    """Read an SSE response to its end; ms from `started` to its first text delta."""
+    if response.status != 200:
+        raise RuntimeError(f"stream failed: {response.status} {await response.text()}")
+    first_token_ms = None
+    async for line in response.content:
+        if first_token_ms is None and b'"text_delta"' in line:
+            first_token_ms = (time.perf_counter() - started) * 1000
+    if first_token_ms is None:
+        raise RuntimeError("the stream ended without a text delta")
+    return first_token_ms
 
 
 class GatewayClient:
@@ -110,7 +134,7 @@ class GatewayClient:
 
     async def turn(self, session: aiohttp.ClientSession, worker_id: int) -> None:
         thread_id = await self._thread_for(session, worker_id)
-        body = {"model": MODEL, "max_tokens": 64, "content": "How is the weather today?"}
+        body = {"model": MODEL, "max_tokens": 64, "content": QUESTION}
         async with session.post(
             f"{self.url}/v1/threads/{thread_id}/messages",
             json=body,
@@ -120,19 +144,36 @@ class GatewayClient:
             if response.status != 200:
                 raise RuntimeError(f"turn failed: {response.status} {await response.text()}")
 
+    async def streamed_turn(self, session: aiohttp.ClientSession, worker_id: int) -> float:
+        thread_id = await self._thread_for(session, worker_id)
+        body = {"model": MODEL, "max_tokens": 64, "content": STREAMED_QUESTION, "stream": True}
+        started = time.perf_counter()
+        async with session.post(
+            f"{self.url}/v1/threads/{thread_id}/messages",
+            json=body,
+            headers={"x-api-key": self._secret},
+        ) as response:
+            return await read_stream(response, started)
 
-def sandbox_call(sandbox_url: str) -> Call:
+
+def sandbox_call(sandbox_url: str, *, stream: bool = False) -> Call:
+    question = STREAMED_QUESTION if stream else QUESTION
     body = {
         "model": MODEL,
         "max_tokens": 64,
-        "messages": [{"role": "user", "content": "How is the weather today?"}],
+        "messages": [{"role": "user", "content": question}],
+        "stream": stream,
     }
 
-    async def call(session: aiohttp.ClientSession, _worker_id: int) -> None:
+    async def call(session: aiohttp.ClientSession, _worker_id: int) -> float | None:
+        started = time.perf_counter()
         async with session.post(
             f"{sandbox_url}/v1/messages", json=body, headers={"x-api-key": "sandbox"}
         ) as response:
+            if stream:
+                return await read_stream(response, started)
             await response.read()
+            return None
 
     return call
 
@@ -180,28 +221,46 @@ def create_master_key(data_dir: Path) -> str:
     return json.loads(result.stdout)["master_key"]
 
 
-async def bench(gateway_url: str, sandbox_url: str, master_key: str, turns: int) -> None:
+Results = dict[tuple[str, int], RunResult]
+
+
+async def bench(
+    gateway_url: str, sandbox_url: str, master_key: str, turns: int, parts: list[str]
+) -> None:
     connector = aiohttp.TCPConnector(limit=0)
     async with aiohttp.ClientSession(connector=connector) as session:
         gateway = GatewayClient(gateway_url, master_key)
         await gateway.prepare(session)
-        direct = sandbox_call(sandbox_url)
-
         await run_load(session, gateway.turn, 8, 200, "warm-up")
-        results: dict[tuple[str, int], RunResult] = {}
-        for concurrency in (1, 8, 32):
-            count = turns if concurrency == 1 else turns * 2
-            results["sandbox", concurrency] = await run_load(
-                session, direct, concurrency, count, f"sandbox direct, concurrency {concurrency}"
-            )
-            results["gateway", concurrency] = await run_load(
-                session, gateway.turn, concurrency, count, f"gateway, concurrency {concurrency}"
-            )
 
-    report(results)
+        if "turns" in parts:
+            calls = {"sandbox": sandbox_call(sandbox_url), "gateway": gateway.turn}
+            report_turns(await compare(session, calls, (1, 8, 32), turns))
+        if "streams" in parts:
+            calls = {
+                "sandbox": sandbox_call(sandbox_url, stream=True),
+                "gateway": gateway.streamed_turn,
+            }
+            report_streams(await compare(session, calls, (1, 32), turns))
 
 
-def report(results: dict[tuple[str, int], RunResult]) -> None:
+async def compare(
+    session: aiohttp.ClientSession,
+    calls: dict[str, Call],
+    concurrencies: tuple[int, ...],
+    turns: int,
+) -> Results:
+    """Each path at each concurrency, one after the other, so they share the machine's mood."""
+    results: Results = {}
+    for concurrency in concurrencies:
+        count = turns if concurrency == 1 else turns * 2
+        for path, call in calls.items():
+            label = f"{path}, concurrency {concurrency}"
+            results[path, concurrency] = await run_load(session, call, concurrency, count, label)
+    return results
+
+
+def report_turns(results: Results) -> None:
     table = Table(title=f"non-streamed turns ({MODEL}, max_tokens 64)")
     for column in ("path", "concurrency", "turns", "p50 ms", "p99 ms", "turns/s"):
         table.add_column(column, justify="right")
@@ -222,11 +281,38 @@ def report(results: dict[tuple[str, int], RunResult]) -> None:
     console.print(f"gateway turns/s at concurrency 32: {results['gateway', 32].per_second:.0f}")
 
 
+def report_streams(results: Results) -> None:
+    table = Table(title=f"streamed turns ({MODEL}, 60-token answers)")
+    columns = ("path", "concurrency", "streams", "first token p50", "p99", "whole p50", "streams/s")
+    for column in columns:
+        table.add_column(column, justify="right")
+    for (path, concurrency), result in sorted(results.items(), key=lambda item: item[0][1]):
+        first = RunResult(result.first_token_ms, result.elapsed_s)
+        table.add_row(
+            path,
+            str(concurrency),
+            str(len(result.latencies_ms)),
+            f"{first.percentile(0.5):.2f} ms",
+            f"{first.percentile(0.99):.2f} ms",
+            f"{result.percentile(0.5):.2f} ms",
+            f"{result.per_second:.0f}",
+        )
+    console.print(table)
+
+    gateway, sandbox = results["gateway", 1], results["sandbox", 1]
+    overhead_ms = statistics.median(gateway.first_token_ms) - statistics.median(
+        sandbox.first_token_ms
+    )
+    console.print(f"gateway first-token overhead at concurrency 1: p50 {overhead_ms:.2f} ms")
+    console.print(f"gateway streams/s at concurrency 32: {results['gateway', 32].per_second:.0f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--data-dir", type=Path, help="a running stack's data dir")
     parser.add_argument("--port", type=int, default=8790, help="port for a stack started here")
     parser.add_argument("--turns", type=int, default=400, help="turns per run at concurrency 1")
+    parser.add_argument("--only", choices=("turns", "streams"), help="run one part (default: both)")
     args = parser.parse_args()
 
     with ExitStack() as stack:
@@ -235,7 +321,10 @@ def main() -> None:
         if endpoints is None or not endpoints.gateway_url or not endpoints.sandbox_url:
             raise SystemExit(f"no running stack with a sandbox in {data_dir}")
         master_key = create_master_key(data_dir)
-        asyncio.run(bench(endpoints.gateway_url, endpoints.sandbox_url, master_key, args.turns))
+        parts = [args.only] if args.only else ["turns", "streams"]
+        asyncio.run(
+            bench(endpoints.gateway_url, endpoints.sandbox_url, master_key, args.turns, parts)
+        )
 
 
 if __name__ == "__main__":
