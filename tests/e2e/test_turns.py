@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 
 from tests.e2e.conftest import auth, mint_key, new_thread, sandbox_calls, send
@@ -94,3 +95,30 @@ async def test_threads_are_listed_by_end_user_and_deleted_with_their_messages(ht
     assert [thread["id"] for thread in by_bob.json()["data"]] == [mine["id"]]
     assert deleted.status_code == 200
     assert gone.status_code == 404
+
+
+async def test_client_leaving_a_plain_turn_mid_call_loses_nothing(http, master_key):
+    key = await mint_key(http, master_key, max_spend_usd=1.0)
+    thread = await new_thread(http, key["secret"])
+
+    leaving = asyncio.create_task(
+        send(http, key["secret"], thread["id"], "slow answer sandbox:delay_ms=1500")
+    )
+    await asyncio.sleep(0.5)  # the upstream call is under way
+    leaving.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await leaving
+
+    # The model call goes on without the client; the turn is stored and billed.
+    messages: list[dict] = []
+    for _ in range(50):
+        listed = await http.get(f"/v1/threads/{thread['id']}/messages", headers=auth(key["secret"]))
+        messages = listed.json()["data"]
+        if len(messages) == 2:
+            break
+        await asyncio.sleep(0.1)
+    assert [m["role"] for m in messages] == ["user", "assistant"]
+    assert messages[1]["status"] == "complete"
+    view = await http.get(f"/v1/keys/{key['id']}", headers=auth(master_key))
+    assert view.json()["spent_micros"] == messages[1]["cost_micros"] > 0
+    assert view.json()["reserved_micros"] == 0
