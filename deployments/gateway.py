@@ -34,8 +34,10 @@ class ServeRouterClient:
             events = self._stream_handle.stream.remote(call)
         exhausted = False
         try:
-            async for event in events:
-                yield event
+            # The router sends events in lists of those that arrived together.
+            async for batch in events:
+                for event in batch:
+                    yield event
             exhausted = True
         finally:
             if not exhausted:

@@ -24,9 +24,9 @@ class ModelRouterDeployment:
     async def complete(self, call: ModelCall) -> ModelAnswer:
         return await self._router.complete(call)
 
-    async def stream(self, call: ModelCall) -> AsyncIterator[StreamEvent]:
-        async for event in self._router.stream(call):
-            yield event
+    async def stream(self, call: ModelCall) -> AsyncIterator[list[StreamEvent]]:
+        async for batch in self._router.stream_batches(call):
+            yield batch
 
     def upstream_labels(self) -> dict[str, str]:
         return {provider: self._router.upstream_label(provider) for provider in PROVIDERS}

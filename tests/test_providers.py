@@ -486,3 +486,49 @@ async def test_consumer_may_stop_a_stream_early(router, provider):
 
     assert first["type"] == "message_start"
     assert answer_text(answer) == 'Sandbox reply to "after that" (1 messages in context)'
+
+
+# Batches for the Ray Serve hop.
+
+
+async def collect_batches(router: ModelRouter, call: ModelCall) -> list[list[StreamEvent]]:
+    return [batch async for batch in router.stream_batches(call)]
+
+
+@pytest.mark.parametrize("provider", ["anthropic", "openai"])
+async def test_stream_batches_hold_the_stream_in_order(router, provider):
+    call = call_to(provider, "batch me sandbox:tokens=90")
+
+    batches = await collect_batches(router, call)
+
+    flattened = [event for batch in batches for event in batch]
+    events = await collect(router, call)
+    assert [event["type"] for event in flattened] == [event["type"] for event in events]
+    assert answer_text(assembled(flattened)) == answer_text(assembled(events))
+    assert all(batches)
+
+
+async def test_stream_batches_never_wait_for_more_events(router):
+    # Events paced 40 ms apart each arrive alone, so each must travel alone.
+    call = call_to("anthropic", "paced sandbox:tokens=30 sandbox:stream_delay_ms=40")
+
+    batches = await collect_batches(router, call)
+
+    assert len(batches) > 8
+    assert {len(batch) for batch in batches} == {1}
+
+
+async def test_stream_batches_end_with_the_upstream_failure(router):
+    call = call_to("anthropic", "break sandbox:tokens=60 sandbox:stream_cut=6")
+    received: list[StreamEvent] = []
+
+    with pytest.raises(UpstreamError, match="cut off"):
+        async for batch in router.stream_batches(call):
+            received.extend(batch)
+
+    assert [event["type"] for event in received][:3] == [
+        "message_start",
+        "content_block_start",
+        "ping",
+    ]
+    assert len(received) == 6

@@ -37,7 +37,6 @@ logger = logging.getLogger(__name__)
 # Held back until the turn is persisted: a client that sees message_stop can read the
 # turn back, and the next turn's history holds it.
 _FINAL_EVENT = "message_stop"
-_END_OF_BODY = None
 
 OnFinished = Callable[[TurnResult | None], Awaitable[None]]
 
@@ -64,7 +63,9 @@ class TurnStream:
         self._ping_interval_s = services.settings.stream_ping_interval_s
         self._cancel_on_disconnect = services.settings.stream_disconnect == "cancel"
 
-        self._queue: asyncio.Queue[bytes | None] = asyncio.Queue()
+        self._outbox: list[bytes] = []  # encoded events the body has not sent yet
+        self._ended = False  # nothing more will be sent
+        self._wake = asyncio.Event()
         self._opened: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._reader: asyncio.Task[None] | None = None
         self._streaming = False  # the upstream answered and the response may begin
@@ -83,22 +84,29 @@ class TurnStream:
         await asyncio.shield(self._opened)
 
     async def body(self) -> AsyncIterator[bytes]:
-        """The response body: queued events as they come, a ping after each silence."""
+        """The response body: queued events as they come, a ping after each silence.
+
+        Events that queued up while the previous write went out leave together, in one
+        write; nothing is held back to wait for more.
+        """
         delivered = False
         try:
             while True:
-                if self._queue.empty():
+                if not self._outbox and not self._ended:
+                    self._wake.clear()
                     try:
-                        chunk = await asyncio.wait_for(self._queue.get(), self._ping_interval_s)
+                        async with asyncio.timeout(self._ping_interval_s):
+                            await self._wake.wait()
                     except TimeoutError:
                         yield PING
                         continue
-                else:
-                    chunk = self._queue.get_nowait()
-                if chunk is _END_OF_BODY:
+                if self._outbox:
+                    chunk = b"".join(self._outbox)
+                    self._outbox.clear()
+                    yield chunk
+                elif self._ended:
                     delivered = True
                     return
-                yield chunk
         finally:
             if not delivered:
                 self._client_left()
@@ -111,7 +119,12 @@ class TurnStream:
 
     def _send(self, chunk: bytes) -> None:
         if not self._client_gone:
-            self._queue.put_nowait(chunk)
+            self._outbox.append(chunk)
+            self._wake.set()
+
+    def _end(self) -> None:
+        self._ended = True
+        self._wake.set()
 
     async def _run(self) -> None:
         result: TurnResult | None = None
@@ -127,7 +140,7 @@ class TurnStream:
             self._send(error_event(exc, self._request_id))
             raise
         finally:
-            self._queue.put_nowait(_END_OF_BODY)
+            self._end()
             if self._streaming and self._on_finished is not None:
                 await asyncio.shield(self._on_finished(result))
 
