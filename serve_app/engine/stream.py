@@ -208,7 +208,9 @@ class TurnStream:
             stopped = UpstreamError("the upstream stream ended before message_stop")
             self._send(error_event(stopped, self._request_id))
 
-        logger.info(
+        # The access log line covers a stream that ran its course; one cut short is told.
+        logger.log(
+            logging.DEBUG if complete else logging.INFO,
             "request %s: streamed turn stored as %s, %d output tokens, %d micro-dollars",
             self._request_id,
             result.assistant_message.status,
