@@ -36,55 +36,88 @@ class Stack:
     log_path: Path
 
 
-@pytest.fixture(scope="session")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    data_dir = tmp_path_factory.mktemp("stack")
-    log_path = data_dir / "threadgate-up.log"
-    port = free_port()
-    env = {
-        name: value
-        for name, value in os.environ.items()
-        if name not in ("MONGODB_URI", "REDIS_URL", "MILVUS_URI") and not name.endswith("_API_KEY")
-    }
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            [
-                str(Path(sys.executable).parent / "threadgate"),
-                "up",
-                "--port",
-                str(port),
-                "--data-dir",
-                str(data_dir),
-            ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env=env,
-        )
-    try:
-        endpoints = _wait_until_ready(process, data_dir, log_path)
-        yield Stack(
+class RunningStack:
+    """A `threadgate up` process of a test's own, and the endpoints it printed."""
+
+    def __init__(self, data_dir: Path, port: int | None = None) -> None:
+        self.data_dir = data_dir
+        data_dir.mkdir(parents=True, exist_ok=True)
+        self.log_path = data_dir / "threadgate-up.log"
+        self._port = port or free_port()
+        self.process: subprocess.Popen | None = None
+        self.stack: Stack | None = None
+
+    def start(self) -> Stack:
+        env = {
+            name: value
+            for name, value in os.environ.items()
+            if name not in ("MONGODB_URI", "REDIS_URL", "MILVUS_URI")
+            and not name.endswith("_API_KEY")
+        }
+        ready_lines_before = _ready_lines(self.log_path)
+        with self.log_path.open("ab") as log:
+            self.process = subprocess.Popen(
+                [
+                    str(Path(sys.executable).parent / "threadgate"),
+                    "up",
+                    "--port",
+                    str(self._port),
+                    "--data-dir",
+                    str(self.data_dir),
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
+            )
+        endpoints = _wait_until_ready(self.process, self.log_path, ready_lines_before)
+        self.stack = Stack(
             gateway_url=endpoints.gateway_url,
             sandbox_url=endpoints.sandbox_url,
             redis_url=endpoints.redis_url,
             mongodb_uri=endpoints.mongodb_uri,
-            data_dir=data_dir,
-            log_path=log_path,
+            data_dir=self.data_dir,
+            log_path=self.log_path,
         )
-    finally:
-        process.terminate()
+        return self.stack
+
+    def stop(self, timeout_s: float = 60) -> int:
+        """SIGTERM, as Ctrl-C or a service manager would send; the exit status."""
+        assert self.process is not None
+        self.process.terminate()
         try:
-            process.wait(60)
+            return self.process.wait(timeout_s)
         except subprocess.TimeoutExpired:
-            process.kill()
+            self.process.kill()
+            raise
 
 
-def _wait_until_ready(process: subprocess.Popen, data_dir: Path, log_path: Path):
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    running = RunningStack(tmp_path_factory.mktemp("stack"))
+    try:
+        yield running.start()
+    finally:
+        if running.process is not None and running.process.poll() is None:
+            running.stop()
+
+
+READY_LINE = "threadgate ready at"
+
+
+def _ready_lines(log_path: Path) -> int:
+    if not log_path.exists():
+        return 0
+    return log_path.read_text(errors="replace").count(READY_LINE)
+
+
+def _wait_until_ready(process: subprocess.Popen, log_path: Path, ready_lines_before: int):
+    """Wait for this run's ready line (the log is appended to across restarts)."""
     deadline = time.monotonic() + STARTUP_TIMEOUT_S
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise RuntimeError(f"threadgate up exited early:\n{log_path.read_text()[-4000:]}")
-        if "threadgate ready at" in log_path.read_text(errors="replace"):
-            endpoints = read_stack_file(data_dir)
+        if _ready_lines(log_path) > ready_lines_before:
+            endpoints = read_stack_file(log_path.parent)
             assert endpoints is not None
             return endpoints
         time.sleep(0.5)
@@ -93,7 +126,12 @@ def _wait_until_ready(process: subprocess.Popen, data_dir: Path, log_path: Path)
 
 @pytest.fixture(scope="session")
 def master_key(stack: Stack) -> str:
-    result = run_cli("accounts", "create", "e2e", "--data-dir", str(stack.data_dir))
+    return create_account(stack, "e2e")
+
+
+def create_account(stack: Stack, name: str) -> str:
+    """`threadgate accounts create NAME`, as the README says; the master key it printed."""
+    result = run_cli("accounts", "create", name, "--data-dir", str(stack.data_dir))
     assert result.returncode == 0, result.stderr
     account = json.loads(result.stdout)
     assert account["master_key"].startswith("tgk_live_")
