@@ -38,7 +38,8 @@ TURNS_PER_THREAD = 20  # a worker starts a new conversation after this many turn
 QUESTION = "How is the weather today?"
 # A streamed answer of 60 tokens: about 20 text deltas from the sandbox.
 STREAMED_QUESTION = "How is the weather today? sandbox:tokens=60"
-console = Console()
+# Piped to a file, rich would fold the tables to 80 columns.
+console = Console(width=None if sys.stdout.isatty() else 120)
 
 
 @dataclass
@@ -283,7 +284,15 @@ def report_turns(results: Results) -> None:
 
 def report_streams(results: Results) -> None:
     table = Table(title=f"streamed turns ({MODEL}, 60-token answers)")
-    columns = ("path", "concurrency", "streams", "first token p50", "p99", "whole p50", "streams/s")
+    columns = (
+        "path",
+        "concurrency",
+        "streams",
+        "first token p50 ms",
+        "first token p99 ms",
+        "whole stream p50 ms",
+        "streams/s",
+    )
     for column in columns:
         table.add_column(column, justify="right")
     for (path, concurrency), result in sorted(results.items(), key=lambda item: item[0][1]):
@@ -292,9 +301,9 @@ def report_streams(results: Results) -> None:
             path,
             str(concurrency),
             str(len(result.latencies_ms)),
-            f"{first.percentile(0.5):.2f} ms",
-            f"{first.percentile(0.99):.2f} ms",
-            f"{result.percentile(0.5):.2f} ms",
+            f"{first.percentile(0.5):.2f}",
+            f"{first.percentile(0.99):.2f}",
+            f"{result.percentile(0.5):.2f}",
             f"{result.per_second:.0f}",
         )
     console.print(table)
