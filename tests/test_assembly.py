@@ -102,3 +102,9 @@ def test_broken_tool_json_is_an_upstream_error():
 
     with pytest.raises(UpstreamError, match="not JSON"):
         assemble(events).content()
+
+
+def test_a_stream_cut_before_its_first_character_stores_no_empty_text():
+    assembler = assemble(ANTHROPIC_EVENTS[:3])
+
+    assert assembler.content() == []

@@ -111,3 +111,27 @@ def test_an_unanswered_tool_use_at_the_end_of_a_turn_is_dropped():
 def test_a_new_message_larger_than_the_budget_is_refused():
     with pytest.raises(InvalidRequest, match="needs about 10 tokens"):
         build_window([], NEW, budget_tokens=9, max_turns=50)
+
+
+def test_blank_text_left_by_a_cut_stream_is_never_sent():
+    # Stored before blank blocks were dropped at the source: a stream cut before its first
+    # character, and one cut after a single space.
+    empty = [text("user", "first", 1), text("assistant", "", 2)]
+    blank = [
+        text("user", "second", 3),
+        {
+            "seq": 4,
+            "role": "assistant",
+            "tokens": 10,
+            "content": [{"type": "text", "text": " "}, {"type": "text", "text": "kept"}],
+        },
+    ]
+
+    window = build_window([empty, blank], NEW, budget_tokens=1_000, max_turns=50)
+
+    assert window.messages == [
+        {"role": "user", "content": [{"type": "text", "text": "first"}]},
+        {"role": "user", "content": [{"type": "text", "text": "second"}]},
+        {"role": "assistant", "content": [{"type": "text", "text": "kept"}]},
+        {"role": "user", "content": [{"type": "text", "text": "now"}]},
+    ]

@@ -30,20 +30,27 @@ def _turn_tokens(turn: list[WindowEntry]) -> int:
 def _sendable(turn: list[WindowEntry]) -> list[Message]:
     """A stored turn as messages a provider accepts.
 
-    A turn cut short (a stream interrupted mid tool call) can end with an assistant
-    `tool_use` that never got its result; providers reject that, so such blocks are
-    dropped, and so are assistant messages left with no content at all.
+    A turn cut short can end with an assistant `tool_use` that never got its result, or
+    with a text block that had not received a character yet; providers reject both
+    ("text content blocks must contain non-whitespace text"), so such blocks are dropped,
+    and so are assistant messages left with no content at all.
     """
     messages: list[Message] = []
     for index, entry in enumerate(turn):
         content: list[dict[str, Any]] = entry["content"]
         is_last = index == len(turn) - 1
+        if entry["role"] == "assistant":
+            content = [block for block in content if not _blank_text(block)]
         if entry["role"] == "assistant" and is_last:
             content = [block for block in content if block.get("type") != "tool_use"]
         if entry["role"] == "assistant" and not content:
             continue
         messages.append({"role": entry["role"], "content": content})
     return messages
+
+
+def _blank_text(block: dict[str, Any]) -> bool:
+    return block.get("type") == "text" and not block.get("text", "").strip()
 
 
 def build_window(

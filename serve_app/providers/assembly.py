@@ -70,7 +70,8 @@ class StreamAssembler:
         """The blocks so far, in index order.
 
         A tool_use cut off before its block stopped has no usable input and is left out, so
-        an interrupted turn never holds a tool call that cannot be answered.
+        an interrupted turn never holds a tool call that cannot be answered; a text block
+        cut off before its first character is left out too, as providers refuse empty text.
         """
         blocks: list[Block] = []
         for index in sorted(self._blocks):
@@ -108,6 +109,8 @@ class StreamAssembler:
             block["input"] = _tool_input(joined) if joined else block.get("input") or {}
         elif kind == "text":
             block["text"] = block.get("text", "") + joined
+            if not block["text"]:
+                return None
         elif kind == "thinking":
             block["thinking"] = block.get("thinking", "") + joined
         return block

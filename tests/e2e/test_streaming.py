@@ -209,3 +209,21 @@ async def test_idempotency_key_replays_a_streamed_turn_without_a_second_charge(
     assert len(await stored_messages(http, key["secret"], thread["id"])) == 2
     spent = (await key_view(http, master_key, key["id"]))["spent_micros"]
     assert spent == first.first("message_stop")["cost_micros"]
+
+
+async def test_a_stream_cut_before_any_text_leaves_the_thread_usable(http, master_key):
+    key = await mint_key(http, master_key, max_spend_usd=1.0)
+    thread = await new_thread(http, key["secret"])
+
+    # The sandbox drops the connection after message_start and content_block_start.
+    response, read = await stream_turn(
+        http, key["secret"], thread["id"], "sandbox:stream_cut=2 hi", model="claude-haiku-4-5"
+    )
+    after = await send(http, key["secret"], thread["id"], "still usable?", model="claude-haiku-4-5")
+
+    assert response.status_code == 200 and read.types[-1] == "error"
+    messages = await stored_messages(http, key["secret"], thread["id"])
+    assert messages[1]["status"] == "interrupted"
+    assert messages[1]["content"] == []
+    assert after.status_code == 200, after.text
+    assert "(2 messages in context)" in stored_text(after.json())
