@@ -63,7 +63,12 @@ class Settings(BaseSettings):
     history_max_turns: int = 50
     turn_lock_wait_s: float = 60.0
     turn_lock_ttl_s: float = 30.0
-    reservation_ttl_s: float = 900.0
+    # A call's holder pushes its reservation's expiry ahead every third of this; a holder
+    # that died (or lost Redis while settling) has its reservation judged by the ledger
+    # this long after its last sign of life.
+    reservation_ttl_s: float = Field(120.0, ge=3)
+    # How long a finished turn keeps trying to reach MongoDB before the request fails.
+    persist_retry_s: float = Field(30.0, ge=0)
     stream_disconnect: Literal["drain", "cancel"] = "drain"
     stream_ping_interval_s: float = 10.0
 

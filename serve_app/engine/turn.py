@@ -14,17 +14,24 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
+from tenacity import (
+    AsyncRetrying,
+    retry_if_exception_type,
+    stop_after_delay,
+    wait_random_exponential,
+)
+
 from serve_app.budget import iso_from_ms, window_at
 from serve_app.canonical import ModelAnswer, ModelCall
 from serve_app.catalog import ModelSpec
 from serve_app.clock import now_ms
 from serve_app.engine.history import HistoryWindow, build_window
-from serve_app.errors import SpendCapExceeded
+from serve_app.errors import SpendCapExceeded, StoreUnavailable
 from serve_app.ids import new_id
 from serve_app.money import CallCost, cost_of, worst_case_micros
 from serve_app.services import Services
 from serve_app.stores.keys import KeyRecord
-from serve_app.stores.ledger import LedgerEntry
+from serve_app.stores.ledger import LedgerEntry, Reservation
 from serve_app.stores.messages import SeqTaken, StoredMessage
 from serve_app.stores.threads import ThreadRecord
 from serve_app.stores.turn_state import HeldTurn
@@ -132,8 +139,9 @@ class TurnEngine:
                 assistant_message_id=new_id("msg"),
             )
 
-            await self._reserve(key, spec, turn, prepared)
-            yield prepared
+            await self._reserve(key, thread, spec, turn, prepared)
+            async with self._services.spend.kept_alive(key.id, prepared.call_id):
+                yield prepared
 
     async def release(self, key: KeyRecord, prepared: PreparedTurn) -> None:
         """Give back the reservation of a call that produced nothing to bill."""
@@ -172,21 +180,30 @@ class TurnEngine:
         )
 
     async def _reserve(
-        self, key: KeyRecord, spec: ModelSpec, turn: TurnInput, prepared: PreparedTurn
+        self,
+        key: KeyRecord,
+        thread: ThreadRecord,
+        spec: ModelSpec,
+        turn: TurnInput,
+        prepared: PreparedTurn,
     ) -> None:
         # The provider's tokenizer may count more than cl100k does; reserve for that.
         estimate = -(-prepared.prompt_tokens * spec.estimate_factor_pct // 100)
         worst_case = worst_case_micros(
             estimate, turn.max_tokens, spec.prices, self._settings.markup_bp
         )
+        reservation = Reservation(
+            call_id=prepared.call_id,
+            account_id=key.account_id,
+            key_id=key.id,
+            end_user_id=thread.end_user_id,
+            thread_id=thread.id,
+            model=spec.name,
+            amount_micros=worst_case,
+        )
 
         admission = await self._services.spend.reserve(
-            key.id,
-            key.budget_period,
-            key.max_spend_micros,
-            worst_case,
-            prepared.call_id,
-            now_ms(),
+            reservation, key.budget_period, key.max_spend_micros, now_ms()
         )
         if not admission.admitted:
             raise SpendCapExceeded(
@@ -257,26 +274,59 @@ class TurnEngine:
         )
 
         turn_messages = [user_message, assistant_message]
-        settle = self._services.spend.settle(key.id, call_id, cost.cost_micros, period_id)
         try:
-            # The ledger is written before the counters move: if Redis is rebuilt in
+            # The ledger is settled before the counters move: if Redis is rebuilt in
             # between, the call is counted twice (refusing early), never zero times.
             cache_current = await self._persist(held, turn_messages, entry)
         except BaseException:
-            await asyncio.shield(settle)
+            # Unknown whether the write landed: the upstream was paid, so the cap counts it.
+            await asyncio.shield(self._settle(key, call_id, cost.cost_micros, period_id))
             raise
 
         commit = None
         if cache_current:
             entries = [message.window_entry() for message in turn_messages]
             commit = self._services.turn_state.commit(held, entries, assistant_message.seq + 1)
+        settle = self._settle(key, call_id, cost.cost_micros, period_id)
         await asyncio.shield(asyncio.gather(settle, *([commit] if commit else [])))
         return TurnResult(user_message, assistant_message, answer, cost)
+
+    async def _settle(self, key: KeyRecord, call_id: str, cost_micros: int, period_id: str) -> None:
+        """Move the counters; the turn is already billed in the ledger, so a Redis failure
+        here fails nothing: the reservation outlives its renewals, expires, and the next
+        admission rebuilds the counters from the ledger."""
+        try:
+            await self._services.spend.settle(key.id, call_id, cost_micros, period_id)
+        except StoreUnavailable:
+            logger.warning("settling call %s in Redis failed; the ledger will decide", call_id)
 
     async def _persist(
         self, held: HeldTurn, turn_messages: list[StoredMessage], entry: LedgerEntry
     ) -> bool:
-        """Write the turn; False if the window cache turned out stale and was dropped."""
+        """Write the turn, retrying while MongoDB is away (every write is idempotent, so a
+        write that landed unseen is not doubled); False if the window cache turned out
+        stale and was dropped."""
+        retrying = AsyncRetrying(
+            retry=retry_if_exception_type(StoreUnavailable),
+            stop=stop_after_delay(self._settings.persist_retry_s),
+            wait=wait_random_exponential(multiplier=0.1, max=3),
+            reraise=True,
+        )
+        cache_current = True
+        async for attempt in retrying:
+            with attempt:
+                if attempt.retry_state.attempt_number > 1:
+                    logger.warning(
+                        "thread %s: writing a finished turn again (attempt %d)",
+                        held.thread_id,
+                        attempt.retry_state.attempt_number,
+                    )
+                cache_current = await self._write_turn(held, turn_messages, entry)
+        return cache_current
+
+    async def _write_turn(
+        self, held: HeldTurn, turn_messages: list[StoredMessage], entry: LedgerEntry
+    ) -> bool:
         try:
             await self._services.turn_writer.write(turn_messages, [entry])
             return True

@@ -1,13 +1,15 @@
 """Idempotency-Key: a retried POST returns the stored result instead of running again.
 
 The first request with a key claims it in Redis (`pending`); when it succeeds its
-response is stored in Redis and in MongoDB, so a retry after a Redis restart still finds
-it. A request that fails gives the key back, so the client's retry runs for real.
+response is stored in MongoDB and in Redis, so a retry after a Redis restart, or after
+Redis missed the news, still finds it. A request that fails gives the key back, so the
+client's retry runs for real.
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
 from contextlib import suppress
 from dataclasses import dataclass
 from typing import Any
@@ -17,9 +19,11 @@ from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.errors import DuplicateKeyError
 from redis.asyncio import Redis
 
-from serve_app.errors import Conflict, InvalidRequest
+from serve_app.errors import Conflict, InvalidRequest, StoreUnavailable
 from serve_app.stores.mongo import mongo_errors
 from serve_app.stores.redis_client import redis_errors
+
+logger = logging.getLogger(__name__)
 
 MAX_KEY_CHARS = 255
 _PENDING_TTL_S = 15 * 60
@@ -60,11 +64,9 @@ class IdempotencyStore:
 
         if claimed:
             # Redis may have lost the record (restart); MongoDB keeps finished ones.
-            async with mongo_errors("idempotency read"):
-                doc = await self._collection.find_one({"_id": name})
-            if doc is None:
+            record = await self._finished_record(name)
+            if record is None:
                 return None
-            record = doc["record"]
             async with redis_errors("idempotency restore"):
                 await self._redis.set(name, orjson.dumps(record), ex=self._ttl_s)
         elif existing is None:
@@ -72,6 +74,9 @@ class IdempotencyStore:
             return await self.claim(key_id, idempotency_key, request_print)
         else:
             record = orjson.loads(existing)
+            if record["state"] == "pending":
+                # The first request may have finished and failed to tell Redis.
+                record = await self._finished_record(name) or record
 
         if record["fingerprint"] != request_print:
             raise Conflict(
@@ -84,6 +89,11 @@ class IdempotencyStore:
                 "retry after it finishes"
             )
         return StoredResponse(record["status"], record["body"], record.get("headers", {}))
+
+    async def _finished_record(self, name: str) -> dict[str, Any] | None:
+        async with mongo_errors("idempotency read"):
+            doc = await self._collection.find_one({"_id": name})
+        return None if doc is None else doc["record"]
 
     async def complete(
         self,
@@ -102,13 +112,22 @@ class IdempotencyStore:
             "headers": response.headers,
         }
 
-        async with mongo_errors("idempotency write"):
-            with suppress(DuplicateKeyError):
-                await self._collection.insert_one(
-                    {"_id": name, "record": record, "created_at_ms": now_ms}
-                )
-        async with redis_errors("idempotency write"):
-            await self._redis.set(name, orjson.dumps(record), ex=self._ttl_s)
+        # The request already succeeded: a store failing now must not turn it into an
+        # error. Either copy lets a retry replay it; with neither, the pending claim
+        # expires and a retry runs again.
+        try:
+            async with mongo_errors("idempotency write"):
+                with suppress(DuplicateKeyError):
+                    await self._collection.insert_one(
+                        {"_id": name, "record": record, "created_at_ms": now_ms}
+                    )
+        except StoreUnavailable:
+            logger.warning("idempotency record %s kept in Redis only", name)
+        try:
+            async with redis_errors("idempotency write"):
+                await self._redis.set(name, orjson.dumps(record), ex=self._ttl_s)
+        except StoreUnavailable:
+            logger.warning("idempotency record %s kept in MongoDB only", name)
 
     async def release(self, key_id: str, idempotency_key: str) -> None:
         async with redis_errors("idempotency release"):

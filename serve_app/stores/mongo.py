@@ -34,6 +34,8 @@ INDEXES: dict[str, list[IndexModel]] = {
     "ledger": [
         IndexModel([("account_id", ASCENDING), ("created_at_ms", ASCENDING)]),
         IndexModel([("key_id", ASCENDING), ("created_at_ms", ASCENDING)]),
+        # The calls in flight, read when spend counters are rebuilt.
+        IndexModel([("key_id", ASCENDING), ("state", ASCENDING)]),
     ],
     "idempotency": [
         IndexModel([("created_at_ms", ASCENDING)]),
@@ -46,7 +48,14 @@ class MongoStore:
 
     def __init__(self, uri: str, db_name: str) -> None:
         self.client: AsyncMongoClient = AsyncMongoClient(
-            uri, serverSelectionTimeoutMS=5_000, connectTimeoutMS=5_000, tz_aware=True
+            uri,
+            serverSelectionTimeoutMS=5_000,
+            connectTimeoutMS=5_000,
+            # The driver waits forever for a reply by default; a reply that never comes
+            # would hold a thread's turn lock as long. This bounds it, far above the
+            # slowest query here (a month's usage rollup).
+            socketTimeoutMS=30_000,
+            tz_aware=True,
         )
         self.db: AsyncDatabase = self.client[db_name]
         self.accounts = self.db["accounts"]

@@ -30,17 +30,25 @@ from redis.exceptions import RedisError
 from serve_app.errors import Conflict
 from serve_app.stores.messages import MessageStore
 from serve_app.stores.redis_client import redis_errors, thread_key
+from serve_app.stores.renewal import renewed
 
 logger = logging.getLogger(__name__)
 
 WindowEntry = dict[str, Any]  # {"seq", "role", "content", "tokens"}
 
-# KEYS: lock, next_seq, turns; ARGV: token, lock_ttl_ms
+# KEYS: lock, next_seq, turns, open; ARGV: token, lock_ttl_ms, cache_ttl_s
 # -> {0} if another turn holds the lock, else {1, next_seq or false, turns...}
+# `open` names the holder until it commits or releases. Finding it set means the last
+# holder vanished mid-turn (its lock expired): its turn may be in MongoDB and not in the
+# cache, so the cache is dropped and refilled from MongoDB.
 _OPEN = """
 if not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
   return {0}
 end
+if redis.call('EXISTS', KEYS[4]) == 1 then
+  redis.call('DEL', KEYS[2], KEYS[3])
+end
+redis.call('SET', KEYS[4], ARGV[1], 'EX', ARGV[3])
 local result = {1, redis.call('GET', KEYS[2])}
 for _, turn in ipairs(redis.call('LRANGE', KEYS[3], 0, -1)) do
   table.insert(result, turn)
@@ -48,12 +56,13 @@ end
 return result
 """
 
-# KEYS: lock, next_seq, turns; ARGV: token, next_seq, cache_ttl_s, max_turns, turn (JSON)
+# KEYS: lock, next_seq, turns, open; ARGV: token, next_seq, cache_ttl_s, max_turns, turn (JSON)
 # A holder whose lock expired must not touch the cache: the turn that took over owns it.
 _COMMIT = """
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then
   return 0
 end
+redis.call('DEL', KEYS[4])
 redis.call('RPUSH', KEYS[3], ARGV[5])
 redis.call('LTRIM', KEYS[3], -tonumber(ARGV[4]), -1)
 redis.call('EXPIRE', KEYS[3], ARGV[3])
@@ -62,9 +71,10 @@ redis.call('DEL', KEYS[1])
 return 1
 """
 
+# KEYS: lock, open; ARGV: token. A turn that stored nothing leaves the cache as it was.
 _RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then
-  return redis.call('DEL', KEYS[1])
+  return redis.call('DEL', KEYS[1], KEYS[2])
 end
 return 0
 """
@@ -128,15 +138,15 @@ class TurnState:
             window = ThreadWindow(int(next_seq), [orjson.loads(turn) for turn in raw_turns])
 
         held = HeldTurn(thread_id, token, window)
-        renewer = asyncio.create_task(self._keep_alive(keys[0], token))
         try:
-            yield held
+            renew_interval_s = self._lock_ttl_ms / 3000
+            async with renewed(
+                lambda: self._renew_lock(keys[0], token), renew_interval_s, f"turn lock {keys[0]}"
+            ):
+                yield held
         finally:
-            renewer.cancel()
-            with suppress(asyncio.CancelledError):
-                await renewer
             if not held.committed:
-                await self._release_quietly(keys[0], token, thread_id)
+                await self._release_quietly(keys, token, thread_id)
 
     async def commit(self, held: HeldTurn, turn: list[WindowEntry], next_seq: int) -> None:
         """Append a persisted turn to the cache and release the lock, in one round trip.
@@ -154,12 +164,12 @@ class TurnState:
             logger.warning("committing a turn of thread %s failed: %r", held.thread_id, exc)
             with suppress(RedisError):
                 await self._redis.delete(keys[1], keys[2])
-            await self._release_quietly(keys[0], held.token, held.thread_id)
+            await self._release_quietly(keys, held.token, held.thread_id)
         held.committed = True
 
     async def forget(self, held: HeldTurn) -> None:
         """Drop the cached window; the next turn refills it from MongoDB."""
-        _, seq_key, turns_key = self._keys(held.thread_id)
+        _, seq_key, turns_key, _ = self._keys(held.thread_id)
         async with redis_errors("window drop"):
             await self._redis.delete(seq_key, turns_key)
 
@@ -168,7 +178,9 @@ class TurnState:
         pause_s = 0.002
         while True:
             async with redis_errors("turn lock"):
-                opened = await self._open(keys=keys, args=[token, self._lock_ttl_ms])
+                opened = await self._open(
+                    keys=keys, args=[token, self._lock_ttl_ms, self._cache_ttl_s]
+                )
             if opened[0] == 1:
                 return opened
             if time.monotonic() >= deadline:
@@ -187,7 +199,7 @@ class TurnState:
             entries = [[message.window_entry() for message in turn] for turn in turns]
             window = ThreadWindow(next_seq=turns[-1][-1].seq + 1, turns=entries)
 
-        _, seq_key, turns_key = self._keys(thread_id)
+        _, seq_key, turns_key, _ = self._keys(thread_id)
         async with redis_errors("window fill"), self._redis.pipeline(transaction=True) as pipe:
             pipe.delete(turns_key)
             if window.turns:
@@ -197,18 +209,12 @@ class TurnState:
             await pipe.execute()
         return window
 
-    async def _keep_alive(self, lock_key: str, token: str) -> None:
-        interval_s = self._lock_ttl_ms / 3000
-        while True:
-            await asyncio.sleep(interval_s)
-            try:
-                await self._renew(keys=[lock_key], args=[token, self._lock_ttl_ms])
-            except RedisError as exc:
-                logger.warning("renewing turn lock %s failed: %r", lock_key, exc)
+    async def _renew_lock(self, lock_key: str, token: str) -> None:
+        await self._renew(keys=[lock_key], args=[token, self._lock_ttl_ms])
 
-    async def _release_quietly(self, lock_key: str, token: str, thread_id: str) -> None:
+    async def _release_quietly(self, keys: list[str], token: str, thread_id: str) -> None:
         try:
-            await self._release(keys=[lock_key], args=[token])
+            await self._release(keys=[keys[0], keys[3]], args=[token])
         except RedisError as exc:
             # The lock expires by itself after its TTL; the next turn only waits longer.
             logger.warning("releasing turn lock of thread %s failed: %r", thread_id, exc)
@@ -219,4 +225,5 @@ class TurnState:
             thread_key(thread_id, "turn_lock"),
             thread_key(thread_id, "next_seq"),
             thread_key(thread_id, "turns"),
+            thread_key(thread_id, "turn_open"),
         ]

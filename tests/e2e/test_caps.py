@@ -77,3 +77,42 @@ async def test_admission_after_a_redis_wipe_is_rebuilt_from_the_ledger(http, mas
     view = await http.get(f"/v1/keys/{key['id']}", headers=auth(master_key))
     assert view.json()["spent_micros"] == spent + response.json()["cost_micros"]
     await redis.aclose()
+
+
+async def test_turns_in_flight_when_redis_is_wiped_still_hold_the_cap(http, master_key, stack):
+    key = await mint_key(http, master_key, max_spend_usd=0.05)
+    threads = await asyncio.gather(*[new_thread(http, key["secret"]) for _ in range(13)])
+    content = "sandbox:tokens=900 sandbox:delay_ms=2000 write a long answer"
+
+    # Three turns fill the cap with their reservations (~16,100 micros each)...
+    in_flight = [
+        asyncio.create_task(send(http, key["secret"], thread["id"], content, max_tokens=1000))
+        for thread in threads[:3]
+    ]
+    for _ in range(100):
+        view = await http.get(f"/v1/keys/{key['id']}", headers=auth(master_key))
+        if view.json()["reserved_micros"] > 45_000:
+            break
+        await asyncio.sleep(0.02)
+    assert view.json()["reserved_micros"] > 45_000
+
+    # ...then Redis loses everything while they run: the ledger still knows them.
+    redis = Redis.from_url(stack.redis_url)
+    await redis.flushall()
+    await redis.aclose()
+    calls_before = await sandbox_calls(stack)
+    late = await asyncio.gather(
+        *[
+            send(http, key["secret"], thread["id"], content, max_tokens=1000)
+            for thread in threads[3:]
+        ]
+    )
+
+    assert [response.status_code for response in late] == [402] * 10
+    assert await sandbox_calls(stack) == calls_before
+    admitted = await asyncio.gather(*in_flight)
+    assert [response.status_code for response in admitted] == [200] * 3
+    settled = await http.get(f"/v1/keys/{key['id']}", headers=auth(master_key))
+    billed = sum(response.json()["cost_micros"] for response in admitted)
+    assert settled.json()["spent_micros"] == billed <= 50_000
+    assert settled.json()["reserved_micros"] == 0
