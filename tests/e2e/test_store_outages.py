@@ -77,17 +77,27 @@ async def assert_stored_and_billed_once(http, master_key, key, thread, first, re
     assert view["spent_micros"] <= first.json()["cost_micros"]
 
 
+async def turn_across_a_pause(http, secret, thread_id, store, pause_s: float, idempotency_key):
+    """A slow turn with `store` paused for `pause_s` while the upstream answers, then its
+    retry with the same Idempotency-Key: (first response, retry response)."""
+    turn = asyncio.create_task(slow_turn(http, secret, thread_id, idempotency_key))
+    await asyncio.sleep(0.5)  # the upstream call is under way
+    with paused(store):
+        await asyncio.sleep(pause_s)
+    first = await turn
+    retry = await slow_turn(http, secret, thread_id, idempotency_key)
+    return first, retry
+
+
 async def test_mongodb_pausing_while_a_turn_is_stored(http, master_key, stack: Stack):
     key = await mint_key(http, master_key, max_spend_usd=1.0)
     thread = await new_thread(http, key["secret"])
     mongodb = process_listening_on(stack.mongodb_uri)
 
-    turn = asyncio.create_task(slow_turn(http, key["secret"], thread["id"], "mongo-pause-1"))
-    await asyncio.sleep(0.5)  # the upstream call is under way
-    with paused(mongodb):
-        await asyncio.sleep(8)  # past the driver's 5 s server selection timeout
-    first = await turn
-    retry = await slow_turn(http, key["secret"], thread["id"], "mongo-pause-1")
+    # Past the driver's 5 s server selection timeout.
+    first, retry = await turn_across_a_pause(
+        http, key["secret"], thread["id"], mongodb, 8, "mongo-pause-1"
+    )
 
     await assert_stored_and_billed_once(http, master_key, key, thread, first, retry)
 
@@ -97,12 +107,10 @@ async def test_redis_pausing_while_a_turn_is_settled(http, master_key, stack: St
     thread = await new_thread(http, key["secret"])
     redis = process_listening_on(stack.redis_url)
 
-    turn = asyncio.create_task(slow_turn(http, key["secret"], thread["id"], "redis-pause-1"))
-    await asyncio.sleep(0.5)  # the upstream call is under way
-    with paused(redis):
-        await asyncio.sleep(11)  # past the client's 10 s socket timeout
-    first = await turn
-    retry = await slow_turn(http, key["secret"], thread["id"], "redis-pause-1")
+    # Past the client's 10 s socket timeout, and across a renewal of the turn lock.
+    first, retry = await turn_across_a_pause(
+        http, key["secret"], thread["id"], redis, 11, "redis-pause-1"
+    )
 
     await assert_stored_and_billed_once(http, master_key, key, thread, first, retry)
     after = await http.post(
