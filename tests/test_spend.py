@@ -119,6 +119,37 @@ async def test_a_retried_reservation_is_held_once(counters):
     assert again.reserved_micros == 600
 
 
+class CountingLedger(Ledger):
+    """The real ledger, counting the reservations written to it."""
+
+    reserved_calls = 0
+
+    async def reserve(self, reservation: Reservation, expires_at_ms: int, now_ms: int) -> None:
+        self.reserved_calls += 1
+        await super().reserve(reservation, expires_at_ms, now_ms)
+
+
+async def test_a_key_at_its_cap_is_refused_without_touching_the_ledger(redis, mongo):
+    ledger = CountingLedger(mongo.ledger)
+    counters = SpendCounters(redis, ledger, reservation_ttl_s=TTL_S)
+    assert (await reserve(counters, "r1", 900)).admitted
+
+    refusals = [await reserve(counters, f"again{i}", 200) for i in range(5)]
+
+    assert not any(refusal.admitted for refusal in refusals)
+    assert (refusals[-1].spent_micros, refusals[-1].reserved_micros) == (0, 900)
+    assert ledger.reserved_calls == 1  # only the admitted call was written
+
+
+async def test_room_given_back_by_a_settled_call_is_used_at_once(counters):
+    await reserve(counters, "r1", 900)
+    assert not (await reserve(counters, "r2", 200)).admitted  # remembers 100 left
+
+    await counters.settle("key_a", "r1", 300, MONTH)
+
+    assert (await reserve(counters, "r3", 700)).admitted
+
+
 async def test_expired_reservations_of_a_dead_holder_are_swept(counters):
     await reserve(counters, "crashed", 1_000)
     later_ms = NOW_MS + (TTL_S + 1) * 1000

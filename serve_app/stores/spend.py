@@ -7,7 +7,9 @@ together promise more than the cap. Settling swaps the reservation for the actua
 
 The ledger is the truth (invariant 3). Every reservation is written to the ledger before
 Redis admits it, and its holder keeps its expiry ahead in both stores while the call
-runs. The counters are rebuilt from the ledger (settled spend of the period, plus every
+runs. (A call that its process expects to be refused, because the key had no room left
+at its last check, is first judged by Redis alone, so refusals cost no ledger writes.)
+The counters are rebuilt from the ledger (settled spend of the period, plus every
 reservation still open) whenever Redis cannot vouch for them:
 
 - the hash is missing (Redis restarted, was wiped, or failed over to a replica that
@@ -69,20 +71,27 @@ local reserved = tonumber(state[3] or '0')
 local epoch = state[4] or ''
 """
 
-# ARGV[4] cap_micros (-1: no cap), ARGV[5] amount_micros, ARGV[6] call_id, ARGV[7] expires_ms
-# -> {admitted (1) | refused (0) | counters stale (-1), spent, reserved, epoch}
-# A rebuild seeds every reservation the ledger holds, including those of calls still
-# waiting for this script: such an entry is judged again here, as if it were not there.
-_RESERVE = (
-    _CHECK
-    + """
+# Shared by reserve and fits, after _CHECK. ARGV[4] cap_micros (-1: no cap), ARGV[5]
+# amount_micros, ARGV[6] call_id. A rebuild seeds every reservation the ledger holds,
+# including those of calls still waiting for the reserve script: such an entry is judged
+# again, as if it were not there. Leaves `seeded`, `amount` and `fits` set.
+_JUDGE = """
 local seeded = redis.call('HGET', KEYS[2], ARGV[6])
 if seeded then
   reserved = reserved - tonumber(string.match(seeded, '^(%d+):'))
 end
 local amount = tonumber(ARGV[5])
 local cap = tonumber(ARGV[4])
-if cap >= 0 and spent + reserved + amount > cap then
+local fits = cap < 0 or spent + reserved + amount <= cap
+"""
+
+# ARGV[7] expires_ms -> {admitted (1) | refused (0) | counters stale (-1), spent, reserved,
+# epoch}
+_RESERVE = (
+    _CHECK
+    + _JUDGE
+    + """
+if not fits then
   if seeded then
     redis.call('HDEL', KEYS[2], ARGV[6])
     redis.call('HSET', KEYS[1], 'reserved', reserved)
@@ -94,6 +103,9 @@ redis.call('HSET', KEYS[1], 'reserved', reserved + amount)
 return {1, spent, reserved + amount, epoch}
 """
 )
+
+# The reserve script's verdict without its writes.
+_FITS = _CHECK + _JUDGE + "\nreturn {fits and 1 or 0, spent, reserved, epoch}\n"
 
 _PEEK = _CHECK + "\nreturn {1, spent, reserved, epoch}\n"
 
@@ -148,6 +160,8 @@ return 1
 # Rebuilds that lose the race to another rebuild retry; this many in a row means the
 # counters keep going stale faster than they can be rebuilt.
 _MAX_REBUILDS = 5
+# Keys whose remaining budget a process remembers (see SpendCounters._note_room).
+_MAX_ROOM_HINTS = 100_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,9 +186,11 @@ class SpendCounters:
         self._reservation_ttl_ms = int(reservation_ttl_s * 1000)
         self._reserve = redis.register_script(_RESERVE)
         self._peek = redis.register_script(_PEEK)
+        self._fits = redis.register_script(_FITS)
         self._settle = redis.register_script(_SETTLE)
         self._renew = redis.register_script(_RENEW)
         self._seed = redis.register_script(_SEED)
+        self._room_hints: dict[str, int] = {}
 
     async def reserve(
         self,
@@ -189,26 +205,40 @@ class SpendCounters:
         or left to expire.
         """
         window = window_at(period, now_ms)
+        key_id, amount_micros = reservation.key_id, reservation.amount_micros
+        judged = [-1 if cap_micros is None else cap_micros, amount_micros, reservation.call_id]
+        if cap_micros is not None and amount_micros > self._room_hints.get(key_id, amount_micros):
+            # Likely refused: ask Redis alone before writing to the ledger, so a client
+            # hammering a key at its cap costs one Redis round trip per refusal, not two
+            # MongoDB writes.
+            fits, spent, reserved = await self._checked(self._fits, key_id, window, now_ms, judged)
+            self._note_room(key_id, cap_micros, spent, reserved)
+            if not fits:
+                return Admission(False, spent, reserved, window)
+
         expires_ms = now_ms + self._reservation_ttl_ms
         # In the ledger first: from the moment Redis admits it, a rebuild must see it.
         await self._ledger.reserve(reservation, expires_ms, now_ms)
 
-        extra = [
-            -1 if cap_micros is None else cap_micros,
-            reservation.amount_micros,
-            reservation.call_id,
-            expires_ms,
-        ]
         try:
             verdict, spent, reserved = await self._checked(
-                self._reserve, reservation.key_id, window, now_ms, extra
+                self._reserve, key_id, window, now_ms, [*judged, expires_ms]
             )
         except BaseException:
             await self._forget(reservation)
             raise
         if verdict != 1:
             await self._forget(reservation)
+        if cap_micros is not None:
+            self._note_room(key_id, cap_micros, spent, reserved)
         return Admission(verdict == 1, spent, reserved, window)
+
+    def _note_room(self, key_id: str, cap_micros: int, spent: int, reserved: int) -> None:
+        """Remember what was left of a key's budget. Only a hint: settled calls give room
+        back and caps change, so it decides which check runs first, never an answer."""
+        if len(self._room_hints) >= _MAX_ROOM_HINTS:
+            self._room_hints.clear()
+        self._room_hints[key_id] = cap_micros - spent - reserved
 
     async def settle(self, key_id: str, call_id: str, actual_micros: int, period_id: str) -> None:
         async with redis_errors("settle"):
