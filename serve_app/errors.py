@@ -75,6 +75,19 @@ class Conflict(ThreadgateError):
     error_type = "conflict_error"
 
 
+class MethodNotAllowed(ThreadgateError):
+    status = 405
+    error_type = "invalid_request_error"
+
+    def __init__(self, message: str, allowed: str) -> None:
+        super().__init__(message)
+        self.allowed = allowed
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"allow": self.allowed}
+
+
 class RequestTooLarge(ThreadgateError):
     status = 413
     error_type = "request_too_large"

@@ -37,7 +37,13 @@ def create_app(settings: Settings, router: RouterClient) -> FastAPI:
     )
     app.state.max_body_bytes = settings.max_body_bytes
     install_error_handlers(app)
-    for module in (routes_health, routes_keys, routes_threads, routes_turns, routes_usage):
-        app.include_router(module.router)
+    api_routers = [
+        module.router
+        for module in (routes_health, routes_keys, routes_threads, routes_turns, routes_usage)
+    ]
+    for api_router in api_routers:
+        app.include_router(api_router)
+    # For the Allow header of a 405.
+    app.state.api_routes = [route for api_router in api_routers for route in api_router.routes]
     app.add_middleware(EdgeMiddleware, max_body_bytes=settings.max_body_bytes)
     return app

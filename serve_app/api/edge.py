@@ -62,11 +62,11 @@ class EdgeMiddleware:
                 "request_id=%s method=%s path=%s key_id=%s thread_id=%s model=%s status=%d "
                 "latency_ms=%.1f",
                 request_id,
-                scope["method"],
-                scope["path"],
+                _loggable(scope["method"]),
+                _loggable(scope["path"]),
                 state.get("key_id", "-"),
-                state.get("thread_id", "-"),
-                state.get("model", "-"),
+                _loggable(state.get("thread_id", "-")),
+                _loggable(state.get("model", "-")),
                 status or 500,
                 latency_ms,
             )
@@ -87,6 +87,15 @@ class EdgeMiddleware:
             return message
 
         return counted_receive
+
+
+def _loggable(value: str) -> str:
+    """The client's value as one token of the log line: a newline or a space in a path or
+    a model name must not be able to forge a line, or a field, of its own."""
+    if value.isprintable() and " " not in value:
+        return value
+    escaped = value.encode("unicode_escape").decode("ascii").replace('"', '\\"')
+    return f'"{escaped}"'
 
 
 def _declared_length(scope: Scope) -> int | None:

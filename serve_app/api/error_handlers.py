@@ -10,9 +10,11 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException
 from starlette.responses import Response
+from starlette.routing import Match, Route
 
 from serve_app.errors import (
     InvalidRequest,
+    MethodNotAllowed,
     NotFound,
     RequestTooLarge,
     ThreadgateError,
@@ -34,32 +36,77 @@ def error_response(error: ThreadgateError, request_id: str) -> Response:
     )
 
 
-def describe_validation_error(errors: list[dict[str, Any]]) -> str:
-    """'max_tokens: Input should be a valid integer, got "abc"' for the first few errors."""
-    parts = []
-    for error in errors[:3]:
-        location = [str(part) for part in error.get("loc", ()) if part not in ("body", "query")]
-        field = ".".join(location) or "body"
+def _methods_for(request: Request) -> list[str]:
+    """Every method some route takes at this path (Starlette names only the first route's)."""
+    methods: set[str] = set()
+    for route in request.app.state.api_routes:
+        if isinstance(route, Route) and route.matches(request.scope)[0] != Match.NONE:
+            methods |= route.methods or set()
+    return sorted(methods - {"HEAD"})
+
+
+def describe_validation_error(errors: list[dict[str, Any]], body: Any = None) -> str:
+    """'max_tokens: Input should be a valid integer, got "abc"' for the first few fields.
+
+    Where a field accepts several shapes (a string or a list of blocks), pydantic reports
+    one error per shape; the one that got furthest into the value is the one that names
+    the real mistake, so only that one is kept per field.
+    """
+    deepest: dict[str, tuple[int, str]] = {}
+    for error in errors:
         if error.get("type") == "json_invalid":
-            parts.append(
-                f"body: not valid JSON ({error.get('ctx', {}).get('error', 'parse error')})"
-            )
-            continue
-        message = error.get("msg", "invalid value")
-        if field == "body" and isinstance(error.get("input"), bytes | str):
-            # FastAPI parses JSON only when the client says it is JSON.
-            parts.append("body: must be a JSON object sent with Content-Type: application/json")
-            continue
-        if error.get("type") == "missing":
-            parts.append(f"{field}: field required")
-            continue
-        received = orjson.dumps(error.get("input"), default=str).decode()
-        if len(received) > 80:
-            received = received[:77] + "..."
-        parts.append(f"{field}: {message}, got {received}")
-    if len(errors) > 3:
-        parts.append(f"and {len(errors) - 3} more")
+            reason = error.get("ctx", {}).get("error", "parse error")
+            return f"body: not valid JSON ({reason})"
+        path = _path_in_body(error.get("loc", ()), body)
+        top = path[0] if path else "body"
+        if top not in deepest or len(path) > deepest[top][0]:
+            deepest[top] = (len(path), _describe_one(".".join(path) or "body", error))
+
+    parts = [description for _, description in deepest.values()]
+    if len(parts) > 3:
+        parts = [*parts[:3], f"and {len(parts) - 3} more"]
     return "; ".join(parts)
+
+
+def _path_in_body(location: tuple[Any, ...] | list[Any], body: Any) -> list[str]:
+    """The error's location as the client sees it: the keys and indexes of its own body,
+    without pydantic's names for union members and tags."""
+    parts = [part for part in location if part not in ("body", "query", "path")]
+    if body is None:
+        return [str(part) for part in parts if isinstance(part, int) or "[" not in str(part)]
+    path: list[str] = []
+    current = body
+    for index, part in enumerate(parts):
+        in_dict = isinstance(current, dict) and part in current
+        in_list = isinstance(current, list) and isinstance(part, int) and 0 <= part < len(current)
+        if in_dict or in_list:
+            current = current[part]
+            path.append(str(part))
+        elif isinstance(current, dict) and index == len(parts) - 1:
+            path.append(str(part))  # a field the body left out
+        # Anything else names a union member or a discriminator value, not the body.
+    return path
+
+
+def _describe_one(field: str, error: dict[str, Any]) -> str:
+    received = error.get("input")
+    if field == "body" and isinstance(received, bytes):
+        # FastAPI parses JSON only when the client says it is JSON.
+        return "body: must be JSON sent with Content-Type: application/json"
+    if field == "body" and not isinstance(received, dict):
+        return f"body: must be a JSON object, got {_echo(received)}"
+    if error.get("type") == "missing":
+        return f"{field}: field required"
+    return f"{field}: {error.get('msg', 'invalid value')}, got {_echo(received)}"
+
+
+def _echo(value: Any, limit: int = 80) -> str:
+    """The received value as JSON, shortened; never fails, whatever the value holds."""
+    try:
+        text = orjson.dumps(value, default=str).decode()
+    except (TypeError, orjson.JSONEncodeError):
+        text = ascii(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -71,7 +118,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, error: RequestValidationError) -> Response:
-        message = describe_validation_error(list(error.errors()))
+        message = describe_validation_error(list(error.errors()), error.body)
         return error_response(InvalidRequest(message), request_id_of(request))
 
     @app.exception_handler(HTTPException)
@@ -83,7 +130,11 @@ def install_error_handlers(app: FastAPI) -> None:
         elif error.status_code == 404:
             mapped = NotFound(f"no route for {request.method} {request.url.path}")
         elif error.status_code == 405:
-            mapped = InvalidRequest(f"method {request.method} is not allowed on {request.url.path}")
+            allowed = ", ".join(_methods_for(request))
+            mapped = MethodNotAllowed(
+                f"method {request.method} is not allowed on {request.url.path}; use {allowed}",
+                allowed,
+            )
         else:
             mapped = InvalidRequest(str(error.detail))
         return error_response(mapped, request_id_of(request))

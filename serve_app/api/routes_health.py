@@ -11,10 +11,11 @@ from fastapi import APIRouter, Request
 from starlette.responses import Response
 
 from serve_app.api.auth import services_of
+from serve_app.api.json_route import JsonRoute
 from serve_app.api.views import json_response
 from serve_app.errors import ThreadgateError
 
-router = APIRouter()
+router = APIRouter(route_class=JsonRoute)
 _CHECK_TIMEOUT_S = 3.0
 
 

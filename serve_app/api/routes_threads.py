@@ -10,12 +10,13 @@ from starlette.responses import Response
 
 from serve_app.api.auth import current_key, services_of
 from serve_app.api.idempotent import idempotent
-from serve_app.api.schemas import MAX_ID_CHARS, ThreadCreate
+from serve_app.api.json_route import JsonRoute
+from serve_app.api.schemas import INT64_MAX, MAX_ID_CHARS, ThreadCreate
 from serve_app.api.views import json_response, message_view, page_view, thread_view
 from serve_app.clock import now_ms
 from serve_app.stores.keys import KeyRecord
 
-router = APIRouter(prefix="/v1/threads")
+router = APIRouter(prefix="/v1/threads", route_class=JsonRoute)
 AnyKey = Annotated[KeyRecord, Depends(current_key)]
 
 
@@ -72,7 +73,7 @@ async def list_messages(
     thread_id: str,
     key: AnyKey,
     request: Request,
-    after_seq: Annotated[int, Query(ge=0)] = 0,
+    after_seq: Annotated[int, Query(ge=0, le=INT64_MAX)] = 0,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
 ) -> Response:
     request.state.thread_id = thread_id

@@ -11,6 +11,7 @@ from starlette.responses import Response, StreamingResponse
 
 from serve_app.api.auth import current_key, services_of
 from serve_app.api.idempotent import IdempotencyClaim, idempotent, replayed_headers
+from serve_app.api.json_route import JsonRoute
 from serve_app.api.schemas import TurnCreate
 from serve_app.api.views import json_response
 from serve_app.catalog import ModelSpec
@@ -23,7 +24,7 @@ from serve_app.stores.threads import ThreadRecord
 
 logger = logging.getLogger(__name__)
 
-router = APIRouter(prefix="/v1/threads")
+router = APIRouter(prefix="/v1/threads", route_class=JsonRoute)
 AnyKey = Annotated[KeyRecord, Depends(current_key)]
 UPSTREAM_HEADER = "x-threadgate-upstream"
 EVENT_STREAM = "text/event-stream"

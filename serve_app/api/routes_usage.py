@@ -9,6 +9,8 @@ from fastapi import APIRouter, Depends, Query, Request
 from starlette.responses import Response
 
 from serve_app.api.auth import admin_key, services_of
+from serve_app.api.json_route import JsonRoute
+from serve_app.api.schemas import INT64_MAX
 from serve_app.api.views import json_response
 from serve_app.budget import window_at
 from serve_app.clock import now_ms
@@ -16,7 +18,7 @@ from serve_app.errors import InvalidRequest
 from serve_app.stores.keys import KeyRecord
 from serve_app.stores.ledger import UsageRow
 
-router = APIRouter(prefix="/v1/usage")
+router = APIRouter(prefix="/v1/usage", route_class=JsonRoute)
 
 
 def _row(totals: UsageRow, **labels: Any) -> dict[str, Any]:
@@ -34,8 +36,8 @@ def _row(totals: UsageRow, **labels: Any) -> dict[str, Any]:
 async def usage(
     caller: Annotated[KeyRecord, Depends(admin_key)],
     request: Request,
-    from_ms: Annotated[int | None, Query(ge=0)] = None,
-    to_ms: Annotated[int | None, Query(ge=0)] = None,
+    from_ms: Annotated[int | None, Query(ge=0, le=INT64_MAX)] = None,
+    to_ms: Annotated[int | None, Query(ge=0, le=INT64_MAX)] = None,
 ) -> Response:
     now = now_ms()
     start_ms = window_at("month", now).start_ms if from_ms is None else from_ms

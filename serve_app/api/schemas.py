@@ -3,15 +3,99 @@ the field and the value, never a silent coercion."""
 
 from __future__ import annotations
 
+import binascii
+from base64 import b64decode
+from decimal import Decimal
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr
+import orjson
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
+    StrictStr,
+    field_validator,
+)
+from pydantic_core import PydanticCustomError
 
 from serve_app.budget import BudgetPeriod
+from serve_app.money import MICROS_PER_USD
 from serve_app.stores.keys import KeyScope
 
 MAX_NAME_CHARS = 200
 MAX_ID_CHARS = 256
+MAX_METADATA_BYTES = 16 * 1024
+MAX_SPEND_USD = 1_000_000
+# BSON integers are 64-bit: a larger one would reach MongoDB only to be refused there.
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+
+
+def _not_blank(text: str) -> str:
+    # Providers refuse text blocks without a visible character, so such a message would
+    # break every later turn of its thread.
+    if not text.strip():
+        raise PydanticCustomError("blank_text", "must contain non-whitespace text")
+    return text
+
+
+def _base64(data: str) -> str:
+    try:
+        b64decode(data, validate=True)
+    except binascii.Error:
+        raise PydanticCustomError("invalid_base64", "must be base64-encoded image bytes") from None
+    return data
+
+
+def _whole_micros(usd: float | int | None) -> float | int | None:
+    if usd is not None and (Decimal(str(usd)) * MICROS_PER_USD) % 1:
+        raise PydanticCustomError(
+            "fractional_micros", "must be a whole number of micro-dollars (at most 6 decimals)"
+        )
+    return usd
+
+
+def _storable(value: Any, path: str) -> None:
+    """Refuse what MongoDB cannot store: NUL in a key, a `$` key, an integer over 64 bits."""
+    if isinstance(value, dict):
+        for name, item in value.items():
+            if "\x00" in name or name.startswith("$"):
+                raise PydanticCustomError(
+                    "invalid_metadata",
+                    "key {key} at {path} may not start with $ or contain NUL",
+                    {"key": repr(name), "path": path or "the top level"},
+                )
+            _storable(item, f"{path}.{name}" if path else name)
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            _storable(item, f"{path}.{index}")
+    elif isinstance(value, int) and not INT64_MIN <= value <= INT64_MAX:
+        raise PydanticCustomError(
+            "invalid_metadata", "integer at {path} does not fit in 64 bits", {"path": path}
+        )
+
+
+def _metadata(value: dict[str, Any]) -> dict[str, Any]:
+    _storable(value, "")
+    size = len(orjson.dumps(value))
+    if size > MAX_METADATA_BYTES:
+        raise PydanticCustomError(
+            "metadata_too_large",
+            "must be at most {limit} bytes as JSON, got {size}",
+            {"limit": MAX_METADATA_BYTES, "size": size},
+        )
+    return value
+
+
+NonBlankStr = Annotated[StrictStr, AfterValidator(_not_blank)]
+Metadata = Annotated[dict[str, Any], AfterValidator(_metadata)]
+Name = Annotated[StrictStr, Field(min_length=1, max_length=MAX_NAME_CHARS)]
+SpendUsd = Annotated[
+    StrictFloat | StrictInt, Field(ge=0, le=MAX_SPEND_USD), AfterValidator(_whole_micros)
+]
 
 
 class _Body(BaseModel):
@@ -20,13 +104,13 @@ class _Body(BaseModel):
 
 class TextBlockIn(_Body):
     type: Literal["text"]
-    text: Annotated[StrictStr, Field(min_length=1)]
+    text: NonBlankStr
 
 
 class Base64ImageSource(_Body):
     type: Literal["base64"]
     media_type: Literal["image/jpeg", "image/png", "image/gif", "image/webp"]
-    data: Annotated[StrictStr, Field(min_length=1)]
+    data: Annotated[StrictStr, Field(min_length=1), AfterValidator(_base64)]
 
 
 class UrlImageSource(_Body):
@@ -43,36 +127,42 @@ ContentBlockIn = Annotated[TextBlockIn | ImageBlockIn, Field(discriminator="type
 
 
 class KeyCreate(_Body):
-    name: Annotated[StrictStr, Field(min_length=1, max_length=MAX_NAME_CHARS)]
+    name: Name
     scope: KeyScope = "standard"
-    max_spend_usd: Annotated[StrictFloat | StrictInt | None, Field(ge=0, le=1_000_000)] = None
+    max_spend_usd: SpendUsd | None = None
     budget_period: BudgetPeriod = "month"
 
 
 class KeyUpdate(_Body):
-    name: Annotated[StrictStr, Field(min_length=1, max_length=MAX_NAME_CHARS)] | None = None
-    max_spend_usd: Annotated[StrictFloat | StrictInt | None, Field(ge=0, le=1_000_000)] = None
+    name: Name | None = None
+    max_spend_usd: SpendUsd | None = None  # null removes the cap
     budget_period: BudgetPeriod | None = None
+
+    @field_validator("name", "budget_period")
+    @classmethod
+    def _not_null(cls, value: Any) -> Any:
+        # Runs only for fields the body names, so a null here was sent on purpose.
+        if value is None:
+            raise PydanticCustomError("null_field", "may not be null; leave it out to keep it")
+        return value
 
 
 class ThreadCreate(_Body):
     end_user_id: Annotated[StrictStr, Field(min_length=1, max_length=MAX_ID_CHARS)] | None = None
-    metadata: dict[str, Any] = Field(default_factory=dict)
+    metadata: Metadata = Field(default_factory=dict)
 
 
 class TurnCreate(_Body):
     model: Annotated[StrictStr, Field(min_length=1)]
     max_tokens: StrictInt
-    content: (
-        Annotated[StrictStr, Field(min_length=1)]
-        | Annotated[list[ContentBlockIn], Field(min_length=1)]
-    )
+    content: NonBlankStr | Annotated[list[ContentBlockIn], Field(min_length=1)]
     stream: StrictBool = False
-    tools: list[StrictStr] | None = None
-    system: Annotated[StrictStr, Field(min_length=1)] | list[TextBlockIn] | None = None
+    # Accepted in any shape, so the turn gets the clear "not available" answer.
+    tools: list[Any] | None = None
+    system: NonBlankStr | list[TextBlockIn] | None = None
     temperature: Annotated[StrictFloat | StrictInt, Field(ge=0, le=2)] | None = None
     tool_choice: dict[str, Any] | None = None
-    metadata: dict[str, Any] | None = None
+    metadata: Metadata | None = None
 
     def content_blocks(self) -> list[dict[str, Any]]:
         if isinstance(self.content, str):

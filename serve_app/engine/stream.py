@@ -79,7 +79,7 @@ class TurnStream:
         is raised here, while the response can still be a plain JSON error.
         """
         task = asyncio.create_task(self._run())
-        task.add_done_callback(_log_failure)
+        task.add_done_callback(self._log_failure)
         # Shielded: if the client leaves now, the turn goes on and is stored and billed.
         await asyncio.shield(self._opened)
 
@@ -110,6 +110,15 @@ class TurnStream:
         finally:
             if not delivered:
                 self._client_left()
+
+    def _log_failure(self, task: asyncio.Task[None]) -> None:
+        if task.cancelled():
+            return
+        error = task.exception()
+        if error is not None:
+            logger.warning(
+                "request %s: a streamed turn failed after it started: %r", self._request_id, error
+            )
 
     def _client_left(self) -> None:
         self._client_gone = True
@@ -257,11 +266,3 @@ def _fail(future: asyncio.Future[None], error: BaseException) -> None:
         future.cancel()
     else:
         future.set_exception(error)
-
-
-def _log_failure(task: asyncio.Task[None]) -> None:
-    if task.cancelled():
-        return
-    error = task.exception()
-    if error is not None:
-        logger.warning("a streamed turn failed after it started: %r", error)

@@ -279,8 +279,10 @@ class TurnEngine:
             # between, the call is counted twice (refusing early), never zero times.
             cache_current = await self._persist(held, turn_messages, entry)
         except BaseException:
-            # Unknown whether the write landed: the upstream was paid, so the cap counts it.
-            await asyncio.shield(self._settle(key, call_id, cost.cost_micros, period_id))
+            # Unknown whether the write landed, but the upstream was paid: the ledger gets
+            # the call on its own (a record that holds nothing the client sent), and the
+            # cap counts it.
+            await asyncio.shield(self._bill_alone(key, entry, period_id))
             raise
 
         commit = None
@@ -290,6 +292,15 @@ class TurnEngine:
         settle = self._settle(key, call_id, cost.cost_micros, period_id)
         await asyncio.shield(asyncio.gather(settle, *([commit] if commit else [])))
         return TurnResult(user_message, assistant_message, answer, cost)
+
+    async def _bill_alone(self, key: KeyRecord, entry: LedgerEntry, period_id: str) -> None:
+        try:
+            await self._services.ledger.record(entry)
+        except StoreUnavailable:
+            logger.error(
+                "call %s was answered but could not be billed in the ledger", entry.call_id
+            )
+        await self._settle(key, entry.call_id, entry.cost_micros, period_id)
 
     async def _settle(self, key: KeyRecord, call_id: str, cost_micros: int, period_id: str) -> None:
         """Move the counters; the turn is already billed in the ledger, so a Redis failure

@@ -169,6 +169,12 @@ class KeyStore:
         await self._announce(record.id)
         return KeyRecord.from_document(doc)
 
+    async def live_admin_count(self, account_id: str) -> int:
+        async with mongo_errors("key count"):
+            return await self._collection.count_documents(
+                {"account_id": account_id, "scope": "admin", "revoked_at_ms": None}
+            )
+
     async def revoke(self, record: KeyRecord, now_ms: int) -> KeyRecord:
         if record.revoked_at_ms is not None:
             return record

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from tests.e2e.conftest import auth, mint_key, new_thread, sandbox_calls, send
+from tests.e2e.conftest import auth, create_account, mint_key, new_thread, sandbox_calls, send
 
 TURN = {"model": "claude-sonnet-4-6", "max_tokens": 100, "content": "hi"}
+PNG_SOURCE = {"type": "base64", "media_type": "image/png", "data": "iVBORw0KGgo="}
 
 
 def without(field: str) -> dict:
@@ -38,6 +39,31 @@ BAD_TURNS = [
         400,
         "messages: Extra inputs are not permitted",
     ),
+    ({**TURN, "content": "  \n "}, 400, "content: must contain non-whitespace text"),
+    ({**TURN, "content": [{"type": "text"}]}, 400, "content.0.text: field required"),
+    (
+        {**TURN, "content": [{"type": "image", "source": PNG_SOURCE | {"data": "!!!"}}]},
+        400,
+        'content.0.source.data: must be base64-encoded image bytes, got "!!!"',
+    ),
+    ({**TURN, "system": " "}, 400, "system: must contain non-whitespace text"),
+    ({**TURN, "tools": [{"name": "x"}]}, 400, "tools: tool webhooks are not available"),
+    # MongoDB could not store these: refused before the upstream is paid for an answer
+    # that could never be kept (streamed or not).
+    *[
+        (
+            {**TURN, "stream": stream, "metadata": metadata},
+            400,
+            message,
+        )
+        for stream in (False, True)
+        for metadata, message in [
+            ({"n": 2**63}, "metadata: integer at n does not fit in 64 bits"),
+            ({"a\u0000": 1}, "metadata: key 'a\\x00' at the top level may not start with $"),
+            ({"x": [{"$set": 1}]}, "metadata: key '$set' at x.0 may not start with $"),
+            ({"x": "y" * 20_000}, "metadata: must be at most 16384 bytes as JSON, got 20008"),
+        ]
+    ],
 ]
 
 
@@ -91,6 +117,42 @@ async def test_malformed_json_and_a_missing_content_type(http, setting):
     assert broken.json()["error"]["message"].startswith("body: not valid JSON")
     assert form.status_code == 400
     assert "Content-Type: application/json" in form.json()["error"]["message"]
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        # A lone surrogate: no UTF-8 encoder (MongoDB's, the log's) can take it.
+        b'{"model": "claude-sonnet-4-6", "max_tokens": 10, "content": "\\ud800"}',
+        b'{"model": "claude-sonnet-4-6", "max_tokens": 10, "content": "hi", "temperature": NaN}',
+    ],
+)
+async def test_json_the_stores_cannot_hold_is_not_valid_json(http, master_key, stack, setting, raw):
+    key, thread = setting
+    before = await snapshot(http, master_key, key, thread, stack)
+
+    response = await http.post(
+        f"/v1/threads/{thread['id']}/messages",
+        content=raw,
+        headers={**auth(key["secret"]), "content-type": "application/json"},
+    )
+
+    assert response.status_code == 400
+    assert response.json()["error"]["message"].startswith("body: not valid JSON")
+    assert await snapshot(http, master_key, key, thread, stack) == before
+
+
+async def test_a_json_body_that_is_not_an_object(http, setting):
+    key, thread = setting
+
+    response = await http.post(
+        f"/v1/threads/{thread['id']}/messages",
+        content=b'"hi"',
+        headers={**auth(key["secret"]), "content-type": "application/json"},
+    )
+
+    assert response.status_code == 400
+    assert response.json()["error"]["message"] == 'body: must be a JSON object, got "hi"'
 
 
 async def test_an_oversized_body_gets_413_declared_or_streamed(http, setting):
@@ -172,3 +234,63 @@ async def test_bad_key_and_usage_parameters(http, master_key):
     assert backwards.json()["error"]["message"] == (
         "from_ms must be before to_ms, got from_ms=10 to_ms=5"
     )
+
+
+async def test_bad_keys_threads_and_query_values_get_400_not_500(http, master_key, setting):
+    key, thread = setting
+    admin = auth(master_key)
+    huge = str(10**25)
+
+    cases = {
+        "sub-micro cap": await http.post(
+            "/v1/keys", json={"name": "x", "max_spend_usd": 1e-7}, headers=admin
+        ),
+        "null name": await http.patch(f"/v1/keys/{key['id']}", json={"name": None}, headers=admin),
+        "thread metadata": await http.post(
+            "/v1/threads", json={"metadata": {"n": 2**64 - 1}}, headers=auth(key["secret"])
+        ),
+        "after_seq": await http.get(
+            f"/v1/threads/{thread['id']}/messages",
+            params={"after_seq": huge},
+            headers=auth(key["secret"]),
+        ),
+        "to_ms": await http.get("/v1/usage", params={"from_ms": 0, "to_ms": huge}, headers=admin),
+    }
+
+    for case, response in cases.items():
+        assert response.status_code == 400, (case, response.text)
+        assert response.json()["error"]["type"] == "invalid_request_error", case
+    assert cases["sub-micro cap"].json()["error"]["message"] == (
+        "max_spend_usd: must be a whole number of micro-dollars (at most 6 decimals), got 1e-7"
+    )
+    assert cases["null name"].json()["error"]["message"].startswith("name: may not be null")
+
+
+async def test_a_wrong_method_gets_405_with_the_allowed_ones(http, setting):
+    key, thread = setting
+
+    response = await http.put(f"/v1/threads/{thread['id']}", headers=auth(key["secret"]))
+
+    assert response.status_code == 405
+    assert response.json()["error"]["type"] == "invalid_request_error"
+    assert set(response.headers["allow"].replace(" ", "").split(",")) == {"GET", "DELETE"}
+
+
+async def test_the_last_admin_key_cannot_be_revoked_and_revoked_keys_stay_revoked(http, stack):
+    master_key = create_account(stack, "last-admin")
+    master_id = (await http.get("/v1/keys", headers=auth(master_key))).json()["data"][0]["id"]
+    key = await mint_key(http, master_key)
+
+    last = await http.delete(f"/v1/keys/{master_id}", headers=auth(master_key))
+    await http.delete(f"/v1/keys/{key['id']}", headers=auth(master_key))
+    change = await http.patch(
+        f"/v1/keys/{key['id']}", json={"max_spend_usd": 5}, headers=auth(master_key)
+    )
+    second_admin = await mint_key(http, master_key, scope="admin")
+    handed_over = await http.delete(f"/v1/keys/{master_id}", headers=auth(second_admin["secret"]))
+
+    assert last.status_code == 409
+    assert "last admin key" in last.json()["error"]["message"]
+    assert change.status_code == 409
+    assert "revoked" in change.json()["error"]["message"]
+    assert handed_over.status_code == 200 and handed_over.json()["revoked"] is True
