@@ -205,6 +205,14 @@ class TurnStream:
             status="complete" if complete else "interrupted",
         )
         self.result = result
+        if self._client_gone:
+            logger.info(
+                "request %s: stored and billed after the client left: seq %d, %s, %d micros",
+                self._request_id,
+                result.assistant_message.seq,
+                result.assistant_message.status,
+                result.cost.cost_micros,
+            )
 
         if complete:
             stop = {"type": _FINAL_EVENT, "cost_micros": result.cost.cost_micros}
