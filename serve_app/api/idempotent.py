@@ -46,7 +46,9 @@ class IdempotencyClaim:
             return None
 
         store = services_of(request).idempotency
-        request_print = fingerprint(request.method, request.url.path, await request.body())
+        request_print = fingerprint(
+            request.method, request.url.path, _canonical(await request.body())
+        )
         stored = await store.claim(key.id, idempotency_key, request_print)
         return cls(store, key.id, idempotency_key, request_print, stored)
 
@@ -62,6 +64,15 @@ class IdempotencyClaim:
     async def release(self) -> None:
         """Give the key back, so the client's retry runs for real."""
         await asyncio.shield(self._store.release(self._key_id, self._idempotency_key))
+
+
+def _canonical(body: bytes) -> bytes:
+    """The same JSON however it was spaced or ordered, so a retry that re-serialized its
+    body is still the same request; a body that is not JSON is compared as sent."""
+    try:
+        return orjson.dumps(orjson.loads(body), option=orjson.OPT_SORT_KEYS)
+    except orjson.JSONDecodeError:
+        return body
 
 
 def replayed_headers(stored: StoredResponse) -> dict[str, str]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import re
 
 from tests.e2e.conftest import auth, mint_key, new_thread, sandbox_calls, send
@@ -42,7 +43,12 @@ async def test_idempotency_key_replays_without_a_second_charge(http, master_key,
     calls_before = await sandbox_calls(stack)
 
     first = await http.post(f"/v1/threads/{thread['id']}/messages", json=body, headers=headers)
-    again = await http.post(f"/v1/threads/{thread['id']}/messages", json=body, headers=headers)
+    # The same request, re-serialized by the client's retry: other spacing, other order.
+    again = await http.post(
+        f"/v1/threads/{thread['id']}/messages",
+        content=json.dumps(dict(reversed(body.items())), indent=2),
+        headers={**headers, "content-type": "application/json"},
+    )
     changed = await http.post(
         f"/v1/threads/{thread['id']}/messages", json={**body, "content": "other"}, headers=headers
     )
