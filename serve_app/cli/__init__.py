@@ -5,11 +5,13 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import sys
 from pathlib import Path
 
 from serve_app.logs import configure_logging
 
 DEFAULT_DATA_DIR = Path(os.environ.get("THREADGATE_DATA_DIR", ".data"))
+DATA_DIR_HELP = "the stack's data directory (default: $THREADGATE_DATA_DIR, else ./.data)"
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -20,13 +22,18 @@ def _parser() -> argparse.ArgumentParser:
     up = commands.add_parser("up", help="run the gateway and its embedded stack")
     up.add_argument("--host", default="127.0.0.1")
     up.add_argument("--port", type=int, default=8000)
-    up.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
+    up.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR, help=DATA_DIR_HELP)
 
     accounts = commands.add_parser("accounts", help="manage accounts")
     account_commands = accounts.add_subparsers(dest="account_command", required=True)
     create = account_commands.add_parser("create", help="create an account and its master key")
-    create.add_argument("name")
-    create.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
+    create.add_argument("name", help="1 to 200 characters, no control characters")
+    create.add_argument(
+        "--data-dir",
+        type=Path,
+        default=DEFAULT_DATA_DIR,
+        help=f"{DATA_DIR_HELP}; the one `threadgate up` runs on, unless MONGODB_URI is set",
+    )
 
     sandbox = commands.add_parser("sandbox", help="run only the sandbox upstream")
     sandbox.add_argument("--host", default="127.0.0.1")
@@ -45,9 +52,16 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.command == "accounts":
         logging.getLogger().setLevel(logging.WARNING)  # stdout carries only the JSON
-        from serve_app.cli.accounts import print_account
+        from serve_app.cli.accounts import StoreUnreachable, UsageError, print_account
 
-        print_account(args.name, args.data_dir)
+        try:
+            print_account(args.name, args.data_dir)
+        except UsageError as exc:
+            print(f"threadgate accounts create: {exc}", file=sys.stderr)
+            return 2
+        except StoreUnreachable as exc:
+            print(f"threadgate accounts create: {exc}", file=sys.stderr)
+            return 1
         return 0
 
     if args.command == "sandbox":

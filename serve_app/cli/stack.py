@@ -24,6 +24,7 @@ from serve_app.settings import Settings
 logger = logging.getLogger(__name__)
 
 STACK_FILE = "stack.json"
+MONGODB_DIR = "mongodb"  # under the data dir: the embedded MongoDB's files
 LOOPBACK = "127.0.0.1"
 
 
@@ -52,6 +53,15 @@ def read_stack_file(data_dir: Path) -> StackEndpoints | None:
     if not path.exists():
         return None
     return StackEndpoints(**json.loads(path.read_text()))
+
+
+def holds_mongodb_data(data_dir: Path) -> bool:
+    """Whether the embedded MongoDB has created its database in this data dir.
+
+    SecantusDB stores through WiredTiger, which writes its `WiredTiger` version file when
+    it creates a database: an empty or half-made directory has none.
+    """
+    return (data_dir / MONGODB_DIR / "WiredTiger").is_file()
 
 
 def mongo_ready(uri: str) -> bool:
@@ -91,7 +101,7 @@ def start_mongodb(data_dir: Path, env: dict[str, str]) -> tuple[ManagedProcess, 
             "--port",
             str(port),
             "--storage-path",
-            str(data_dir / "mongodb"),
+            str(data_dir / MONGODB_DIR),
             "--log-level",
             "WARNING",
         ],
@@ -114,20 +124,20 @@ class LocalStack:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         child_env = {**os.environ, "HF_HUB_OFFLINE": "1"}
 
-        mongodb_uri = self._env.get("MONGODB_URI")
+        mongodb_uri = self._configured("MONGODB_URI")
         if mongodb_uri:
             logger.info("MongoDB: using MONGODB_URI")
         else:
             process, mongodb_uri = start_mongodb(self.data_dir, child_env)
             self._processes.append(process)
 
-        redis_url = self._env.get("REDIS_URL")
+        redis_url = self._configured("REDIS_URL")
         if redis_url:
             logger.info("Redis: using REDIS_URL")
         else:
             redis_url = self._start_redis(child_env)
 
-        milvus_uri = self._env.get("MILVUS_URI")
+        milvus_uri = self._configured("MILVUS_URI")
         if milvus_uri:
             logger.info("Milvus: using MILVUS_URI")
         else:
@@ -138,6 +148,12 @@ class LocalStack:
             sandbox_url = self._start_sandbox(child_env)
 
         return StackEndpoints(mongodb_uri, redis_url, milvus_uri, sandbox_url)
+
+    def _configured(self, name: str) -> str | None:
+        """A store location the operator set, under either name Settings reads for it
+        (`MONGODB_URI` first, then `THREADGATE_MONGODB_URI`), so `threadgate up` and
+        `threadgate accounts create` agree on which store is meant."""
+        return self._env.get(name) or self._env.get(f"THREADGATE_{name}")
 
     def write_stack_file(self, endpoints: StackEndpoints) -> None:
         path = self.data_dir / STACK_FILE

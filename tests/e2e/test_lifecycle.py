@@ -1,12 +1,15 @@
 """`threadgate up` as an operator lives with it: stopped by SIGTERM with nothing left
-running, restarted on the same data dir with nothing lost, and failing closed, with clean
-5xx answers, when a store goes away under it.
+running and no turn in flight lost, restarted on the same data dir with nothing lost, and
+failing closed, with clean 5xx answers, when a store goes away under it.
 
 Each test runs a stack of its own: they stop and break theirs, not the session's.
 """
 
 from __future__ import annotations
 
+import asyncio
+import json
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -16,6 +19,11 @@ import httpx
 import psutil
 
 from tests.e2e.conftest import RunningStack, auth, create_account, mint_key, new_thread
+from tests.streams import ReadStream, stored_text
+
+# About 100 events 50 ms apart: still streaming when the SIGTERM arrives, done well
+# within the Gateway's graceful_shutdown_timeout_s (configs/serve.yaml).
+SLOW_STREAM = "sandbox:tokens=300 sandbox:stream_delay_ms=50 tell me a long story"
 
 
 @dataclass(frozen=True)
@@ -73,6 +81,35 @@ async def one_turn(http: httpx.AsyncClient, secret: str, thread_id: str, content
     return response.json()
 
 
+async def stream_while_stopping(
+    http: httpx.AsyncClient, running: RunningStack, secret: str, thread_id: str
+) -> tuple[ReadStream, int]:
+    """A slow streamed turn, with SIGTERM sent once its first text has arrived.
+
+    The stream is read to its end while the stack stops; returns what the client read
+    and `threadgate up`'s exit status.
+    """
+    read = ReadStream()
+    stopping: asyncio.Task[int] | None = None
+    body = {"model": "claude-haiku-4-5", "max_tokens": 512, "content": SLOW_STREAM, "stream": True}
+    try:
+        async with http.stream(
+            "POST", f"/v1/threads/{thread_id}/messages", json=body, headers=auth(secret)
+        ) as response:
+            assert response.status_code == 200
+            async for line in response.aiter_lines():
+                if not line.startswith("data:"):
+                    continue
+                read.events.append(json.loads(line[len("data:") :]))
+                if stopping is None and read.text:
+                    stopping = asyncio.create_task(asyncio.to_thread(running.stop))
+    finally:
+        # Even when the stream breaks, the stop runs its course before the test goes on.
+        exit_status = await stopping if stopping is not None else None
+    assert exit_status is not None, read.types
+    return read, exit_status
+
+
 async def test_sigterm_stops_everything_and_a_restart_keeps_the_data(tmp_path):
     async with own_stack(tmp_path / "data") as (running, http):
         master_key = create_account(running.stack, "lifecycle")
@@ -83,18 +120,38 @@ async def test_sigterm_stops_everything_and_a_restart_keeps_the_data(tmp_path):
         processes = process_tree(running.process.pid)
         names = {entry.name for entry in processes}
         assert {"redis-server", "raylet", "haproxy"} <= names, names
-        assert running.stop() == 0
+        # Stopping drains: the turn in flight runs to its end, stored and billed, and
+        # its client still gets the whole answer.
+        streamed, exit_status = await stream_while_stopping(
+            http, running, key["secret"], thread["id"]
+        )
+        assert exit_status == 0
         assert still_running(processes) == []
+        assert streamed.types[-1] == "message_stop", streamed.types[-3:]
 
         running.start()
         listed = await http.get(f"/v1/threads/{thread['id']}/messages", headers=auth(key["secret"]))
         view = await http.get(f"/v1/keys/{key['id']}", headers=auth(master_key))
+        usage = await http.get(
+            "/v1/usage",
+            params={"from_ms": 0, "to_ms": int(time.time() * 1000) + 1},
+            headers=auth(master_key),
+        )
         second = await one_turn(http, key["secret"], thread["id"], "still there?")
 
-        assert [m["seq"] for m in listed.json()["data"]] == [1, 2]
-        assert listed.json()["data"][1]["content"] == first["content"]
-        assert view.json()["spent_micros"] == first["cost_micros"]
-        assert second["content"][0]["text"].endswith("(3 messages in context)")
+        messages = listed.json()["data"]
+        assert [m["seq"] for m in messages] == [1, 2, 3, 4]
+        assert messages[1]["content"] == first["content"]
+        answer = messages[3]
+        assert (answer["role"], answer["status"]) == ("assistant", "complete")
+        assert stored_text(answer) == streamed.text != ""
+        streamed_cost_micros = streamed.first("message_stop")["cost_micros"]
+        assert streamed_cost_micros > 0
+        billed_micros = first["cost_micros"] + streamed_cost_micros
+        assert view.json()["spent_micros"] == billed_micros
+        [by_key] = [row for row in usage.json()["by_key"] if row["key_id"] == key["id"]]
+        assert (by_key["requests"], by_key["cost_micros"]) == (2, billed_micros)
+        assert second["content"][0]["text"].endswith("(5 messages in context)")
 
 
 async def test_a_store_going_away_gets_a_clean_503_with_the_request_id(tmp_path):
