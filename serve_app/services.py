@@ -11,6 +11,7 @@ from redis.asyncio import Redis
 
 from serve_app.canonical import ModelAnswer, ModelCall, StreamEvent
 from serve_app.catalog import Catalog
+from serve_app.engine.in_flight import InFlightTurns
 from serve_app.settings import Settings
 from serve_app.stores.accounts import AccountStore
 from serve_app.stores.idempotency import IdempotencyStore
@@ -57,6 +58,7 @@ class Services:
     turn_writer: TurnWriter
     idempotency: IdempotencyStore
     router: RouterClient
+    turns_in_flight: InFlightTurns
 
     @classmethod
     def create(cls, settings: Settings, router: RouterClient) -> Services:
@@ -88,6 +90,7 @@ class Services:
             turn_writer=TurnWriter(mongo, messages, ledger),
             idempotency=IdempotencyStore(redis, mongo.idempotency, settings.idempotency_ttl_s),
             router=router,
+            turns_in_flight=InFlightTurns(),
         )
 
     async def start(self) -> None:
@@ -99,6 +102,7 @@ class Services:
             await self.redis.ping()
 
     async def aclose(self) -> None:
+        await self.turns_in_flight.wait(self.settings.shutdown_turn_wait_s)
         await self.bus.aclose()
         await self.redis.aclose()
         await self.mongo.aclose()

@@ -69,6 +69,10 @@ class Settings(BaseSettings):
     reservation_ttl_s: float = Field(120.0, ge=3)
     # How long a finished turn keeps trying to reach MongoDB before the request fails.
     persist_retry_s: float = Field(30.0, ge=0)
+    # When a replica stops: how long turns still running (their clients gone) may go on
+    # before streams are cut and stored as "interrupted". Below the deployments'
+    # graceful_shutdown_timeout_s (30 s) in configs/serve.yaml.
+    shutdown_turn_wait_s: float = Field(20.0, ge=0)
     stream_disconnect: Literal["drain", "cancel"] = "drain"
     stream_ping_interval_s: float = 10.0
 

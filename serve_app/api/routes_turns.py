@@ -79,6 +79,7 @@ async def create_turn(thread_id: str, body: TurnCreate, key: AnyKey, request: Re
         # the client hangs up: run it as its own task that a cancelled request can't stop.
         task = asyncio.create_task(engine.run(key, thread, turn, request.state.request_id))
         task.add_done_callback(_log_orphan_failure)
+        services.turns_in_flight.track(task)
         result = await asyncio.shield(task)
         return json_response(
             result.response_body(), headers={UPSTREAM_HEADER: result.answer.upstream}

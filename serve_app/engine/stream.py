@@ -80,6 +80,7 @@ class TurnStream:
         """
         task = asyncio.create_task(self._run())
         task.add_done_callback(self._log_failure)
+        self._services.turns_in_flight.track(task, interrupt=self._interrupt)
         # Shielded: if the client leaves now, the turn goes on and is stored and billed.
         await asyncio.shield(self._opened)
 
@@ -119,6 +120,11 @@ class TurnStream:
             logger.warning(
                 "request %s: a streamed turn failed after it started: %r", self._request_id, error
             )
+
+    def _interrupt(self) -> None:
+        """Stop reading the upstream; what arrived is stored as "interrupted" and billed."""
+        if self._reader is not None:
+            self._reader.cancel()
 
     def _client_left(self) -> None:
         self._client_gone = True

@@ -110,6 +110,18 @@ async def stream_while_stopping(
     return read, exit_status
 
 
+async def leave_after_the_first_text(http: httpx.AsyncClient, secret: str, thread_id: str) -> None:
+    """Start a slow streamed turn and hang up once its first text has arrived."""
+    body = {"model": "claude-haiku-4-5", "max_tokens": 512, "content": SLOW_STREAM, "stream": True}
+    async with http.stream(
+        "POST", f"/v1/threads/{thread_id}/messages", json=body, headers=auth(secret)
+    ) as response:
+        assert response.status_code == 200
+        async for line in response.aiter_lines():
+            if line.startswith("data:") and '"text_delta"' in line:
+                return
+
+
 async def test_sigterm_stops_everything_and_a_restart_keeps_the_data(tmp_path):
     async with own_stack(tmp_path / "data") as (running, http):
         master_key = create_account(running.stack, "lifecycle")
@@ -120,6 +132,9 @@ async def test_sigterm_stops_everything_and_a_restart_keeps_the_data(tmp_path):
         processes = process_tree(running.process.pid)
         names = {entry.name for entry in processes}
         assert {"redis-server", "raylet", "haproxy"} <= names, names
+        # A turn whose client has left goes on without it; the stop waits for it too.
+        left_thread = await new_thread(http, key["secret"])
+        await leave_after_the_first_text(http, key["secret"], left_thread["id"])
         # Stopping drains: the turn in flight runs to its end, stored and billed, and
         # its client still gets the whole answer.
         streamed, exit_status = await stream_while_stopping(
@@ -138,6 +153,9 @@ async def test_sigterm_stops_everything_and_a_restart_keeps_the_data(tmp_path):
             headers=auth(master_key),
         )
         second = await one_turn(http, key["secret"], thread["id"], "still there?")
+        left = await http.get(
+            f"/v1/threads/{left_thread['id']}/messages", headers=auth(key["secret"])
+        )
 
         messages = listed.json()["data"]
         assert [m["seq"] for m in messages] == [1, 2, 3, 4]
@@ -147,10 +165,12 @@ async def test_sigterm_stops_everything_and_a_restart_keeps_the_data(tmp_path):
         assert stored_text(answer) == streamed.text != ""
         streamed_cost_micros = streamed.first("message_stop")["cost_micros"]
         assert streamed_cost_micros > 0
-        billed_micros = first["cost_micros"] + streamed_cost_micros
+        left_answer = left.json()["data"][1]
+        assert (left_answer["status"], left_answer["cost_micros"] > 0) == ("complete", True)
+        billed_micros = first["cost_micros"] + streamed_cost_micros + left_answer["cost_micros"]
         assert view.json()["spent_micros"] == billed_micros
         [by_key] = [row for row in usage.json()["by_key"] if row["key_id"] == key["id"]]
-        assert (by_key["requests"], by_key["cost_micros"]) == (2, billed_micros)
+        assert (by_key["requests"], by_key["cost_micros"]) == (3, billed_micros)
         assert second["content"][0]["text"].endswith("(5 messages in context)")
 
 
