@@ -23,21 +23,14 @@ async def test_waits_for_a_turn_to_finish():
 
 async def test_a_turn_past_the_wait_is_interrupted_and_stores_what_it_has():
     turns = InFlightTurns()
-    reading = asyncio.Event()
+    reader = asyncio.create_task(asyncio.sleep(60))  # an upstream that goes on and on
     stored: list[str] = []
 
     async def streamed_turn() -> None:
-        reader = asyncio.create_task(asyncio.sleep(60))  # an upstream that goes on and on
-        interrupts.append(reader.cancel)
-        reading.set()
         await asyncio.wait([reader])
         stored.append("interrupted" if reader.cancelled() else "complete")
 
-    interrupts: list = []
-    task = asyncio.create_task(streamed_turn())
-    await reading.wait()
-    turns.track(task, interrupt=lambda: interrupts[0]())
-
+    turns.track(asyncio.create_task(streamed_turn()), interrupt=reader.cancel)
     await turns.wait(timeout_s=0.05)
 
     assert stored == ["interrupted"]

@@ -52,16 +52,14 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.command == "accounts":
         logging.getLogger().setLevel(logging.WARNING)  # stdout carries only the JSON
-        from serve_app.cli.accounts import StoreUnreachable, UsageError, print_account
+        from serve_app.cli.accounts import AccountCommandFailed, print_account
 
         try:
             print_account(args.name, args.data_dir)
-        except UsageError as exc:
+        except AccountCommandFailed as exc:
+            # The CLI's own error output, as any command-line tool writes it.
             print(f"threadgate accounts create: {exc}", file=sys.stderr)
-            return 2
-        except StoreUnreachable as exc:
-            print(f"threadgate accounts create: {exc}", file=sys.stderr)
-            return 1
+            return exc.exit_status
         return 0
 
     if args.command == "sandbox":

@@ -37,12 +37,20 @@ MONGODB_URI_VARIABLES = ("MONGODB_URI", "THREADGATE_MONGODB_URI")
 SHOWN_NAME_CHARS = 60
 
 
-class UsageError(Exception):
-    """The command was run wrongly: the message says what to change (exit status 2)."""
+class AccountCommandFailed(Exception):
+    """The command could not create the account; the message says why."""
+
+    exit_status = 1
 
 
-class StoreUnreachable(Exception):
-    """The gateway's MongoDB was found but could not be served or reached (exit status 1)."""
+class UsageError(AccountCommandFailed):
+    """The command was run wrongly: the message says what to change."""
+
+    exit_status = 2
+
+
+class StoreUnreachable(AccountCommandFailed):
+    """The gateway's MongoDB was found but could not be served or reached."""
 
 
 def account_name(raw: str) -> str:
